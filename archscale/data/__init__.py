@@ -1,0 +1,1 @@
+"""Data: packed pre-tokenized files, tokenizers, mixtures, varlen boundaries, the embedded default corpus."""

@@ -1,0 +1,1 @@
+"""Evaluation: generation, lm-eval adapter, long-context tests."""

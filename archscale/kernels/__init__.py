@@ -1,0 +1,1 @@
+"""Kernels: each op has a pure-PyTorch reference and optional fast paths."""

@@ -1,0 +1,1 @@
+"""Model building blocks: the token-mixer contract, mixers, blocks, the language model, architectures."""

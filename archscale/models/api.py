@@ -1,0 +1,91 @@
+"""The token-mixer contract and the per-batch sequence description every mixer consumes.
+
+Every token mixer (attention, sliding-window attention, Mamba, ...) is an ``nn.Module`` called as
+``y, state = mixer(x, seq, state=None)`` with x and y of shape (B, T, D). ``seq`` is one frozen
+:class:`SeqInfo` built once per batch. For packed variable-length input (document masking) x is (1, total_T, D)
+and ``seq.cu_seqlens`` holds the document boundaries (fla / flash-attn convention): no information may cross
+them. State is returned rather than hidden in the module so that "two chunks with carried state equal one full
+pass" is testable and decoding reuses the training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+ParamRole = Literal["embedding", "head", "matrix", "vector"]
+"""Role of a parameter, used by the optimizer router and the parametrization (never parameter names):
+embedding = input embedding table; head = output projection to the vocabulary; matrix = hidden weight matrices
+(Muon-eligible, width-μP scaled); vector = norms, biases, gains, conv1d kernels, A_log, D, λ, ..."""
+
+PARAM_ROLES: tuple[ParamRole, ...] = ("embedding", "head", "matrix", "vector")
+
+
+@dataclass(frozen=True)
+class SeqInfo:
+    """What a mixer needs to know about the token layout of a batch.
+
+    batch_size, seq_len: the (B, T) of x.
+    position_ids: (B, T) int64, the position of each token inside its document (RoPE uses it).
+    cu_seqlens: None for dense causal batches; else int32 (n_docs + 1,) cumulative document lengths over the
+        flattened batch, starting at 0 and ending at B*T (varlen: then B == 1).
+    max_seqlen: longest document (== seq_len for dense batches).
+    """
+
+    batch_size: int
+    seq_len: int
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+
+    @property
+    def is_varlen(self) -> bool:
+        return self.cu_seqlens is not None
+
+    @property
+    def num_docs(self) -> int:
+        return self.batch_size if self.cu_seqlens is None else int(self.cu_seqlens.numel() - 1)
+
+    @staticmethod
+    def dense(batch_size: int, seq_len: int, device: torch.device | str = "cpu", offset: int = 0) -> SeqInfo:
+        """A plain causal batch: every row is one sequence; positions start at ``offset`` (for decoding)."""
+        pos = torch.arange(offset, offset + seq_len, device=device, dtype=torch.long).expand(batch_size, seq_len)
+        return SeqInfo(batch_size=batch_size, seq_len=seq_len, position_ids=pos, cu_seqlens=None, max_seqlen=seq_len)
+
+    @staticmethod
+    def from_cu_seqlens(cu_seqlens: torch.Tensor) -> SeqInfo:
+        """A packed varlen batch (B = 1) from document boundaries."""
+        cu = cu_seqlens.to(torch.int32)
+        lengths = (cu[1:] - cu[:-1]).long()
+        total = int(cu[-1])
+        if int(cu[0]) != 0 or bool((lengths <= 0).any()):
+            raise ValueError(f"cu_seqlens must start at 0 and strictly increase, got {cu_seqlens.tolist()}")
+        starts = torch.repeat_interleave(cu[:-1].long(), lengths)
+        pos = (torch.arange(total, device=cu.device) - starts).unsqueeze(0)
+        return SeqInfo(batch_size=1, seq_len=total, position_ids=pos, cu_seqlens=cu, max_seqlen=int(lengths.max()))
+
+    def to(self, device: torch.device | str) -> SeqInfo:
+        return SeqInfo(
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            position_ids=self.position_ids.to(device),
+            cu_seqlens=None if self.cu_seqlens is None else self.cu_seqlens.to(device),
+            max_seqlen=self.max_seqlen,
+        )
+
+
+@runtime_checkable
+class TokenMixer(Protocol):
+    """The call every registered mixer implements (see module docstring)."""
+
+    def __call__(self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None) -> tuple[torch.Tensor, Any]: ...
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token (2 per multiply-add) at context ``seq_len``, matrices and attention scores."""
+        ...
+
+    def param_roles(self) -> dict[str, ParamRole]:
+        """Role of each of this module's parameters, keyed by the name ``named_parameters()`` gives."""
+        ...

@@ -1,0 +1,1 @@
+"""Scaling: parametrizations (SP, muP, muP++), transfer laws, parameter and FLOP counting, curve fits."""

@@ -1,0 +1,1 @@
+"""Training on Lightning Fabric: the Trainer, checkpoints, run-directory logging."""
