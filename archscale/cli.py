@@ -195,12 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
-    try:
-        from archscale.data.cli import add_subparser as add_data
-    except ImportError:  # pragma: no cover - the data package is part of archscale
-        pass
-    else:
-        add_data(sub)
+    from archscale.data.cli import add_subparser as add_data
+
+    add_data(sub)
     return parser
 
 

@@ -163,6 +163,7 @@ class SystemSpec(StrictModel):
     val_batches: int = Field(default=8, ge=1, description="Micro-batches per validation evaluation.")
     checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints (and one at the end).")
     keep_checkpoints: int = Field(default=2, ge=1, description="Most recent checkpoints kept on disk.")
+    save_final_checkpoint: bool = Field(default=True, description="Also checkpoint after the last step.")
     resume: str = Field(default="auto", description="'auto' = latest checkpoint in out_dir if any; 'never'; or a path.")
     on_nonfinite: Literal["stop", "skip"] = Field(
         default="stop", description="On a NaN/inf loss or gradient: stop the run, or skip that optimizer step."
@@ -363,8 +364,10 @@ def resolve(recipe: Recipe, world_size: int = 1) -> ResolvedRecipe:
         put(f"N_{conv}", counts.n(conv), f"count_params convention '{conv}'")
 
     # 3. FLOPs per token for training (forward + backward = 3 × forward).
-    flops_tok = training_flops_per_token(spec, seq_len)
-    put("train_flops_per_token", flops_tok, "3 × forward (matmuls + causal attention at seq_len)")
+    # Causal attention counts the keys a query may see (what a causal kernel computes; the MFU convention of
+    # PaLM appendix B halves the dense count the same way).
+    flops_tok = training_flops_per_token(spec, seq_len, attention="causal")
+    put("train_flops_per_token", flops_tok, "3 × forward (2 × matmul params + causal attention at seq_len)")
 
     # 4. Batch: whole micro-batches on every device; accumulation makes up the rest.
     b = recipe.budget

@@ -208,3 +208,18 @@ def test_autoload_can_be_disabled(plugin_site: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "0")
     r.rediscover()
     assert r.names() == ["q"]
+
+
+def test_import_archscale_is_cheap() -> None:
+    """`import archscale` pulls in neither torch nor any optional extra (the public names load lazily)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, archscale\n"
+        "heavy = [m for m in ('torch', 'numpy', 'tokenizers', 'lightning_fabric', 'matplotlib') if m in sys.modules]\n"
+        "print(heavy)\n"
+        "assert archscale.Recipe.__name__ == 'Recipe'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

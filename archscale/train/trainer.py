@@ -232,7 +232,7 @@ class Trainer:
                 if record is not None:
                     metrics.write(record)
                     loggers.log(record)
-                if done % sysc.checkpoint_every == 0 or done == steps:
+                if done % sysc.checkpoint_every == 0 or (done == steps and sysc.save_final_checkpoint):
                     state["data"] = data.train.state_dict()
                     state["rng"] = _get_rng_state()
                     t_save = time.perf_counter()

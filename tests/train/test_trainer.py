@@ -18,7 +18,7 @@ from archscale.train.checkpoint import CheckpointError, latest_checkpoint, list_
 from archscale.train.metrics import read_metrics
 from archscale.train.trainer import NonFiniteError, Trainer
 
-from conftest import tiny_recipe  # type: ignore[import-not-found]
+from tiny_run import tiny_recipe  # type: ignore[import-not-found]
 
 COMPARED = ("step", "tokens", "loss", "lr", "grad_norm", "val_loss")
 
@@ -51,7 +51,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests_dir!r})
 from pathlib import Path
-from conftest import tiny_recipe
+from tiny_run import tiny_recipe
 from archscale.train.trainer import Trainer
 trainer = Trainer(tiny_recipe(Path({data!r}), Path({out!r})))
 def hook(step):

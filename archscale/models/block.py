@@ -1,0 +1,62 @@
+"""One pre-norm residual block: x + m·mixer(norm(x)), then x + m·mlp(norm(x)).
+
+Pre-norm RMSNorm (Zhang & Sennrich 2019) as in Llama / Transformer++. The residual stream x keeps the dtype of
+the embedding (float32 parameters): under bf16 autocast the branch outputs are bf16 and adding them to the fp32
+stream promotes the sum to fp32, so the stream never rounds to bf16 (ArchScale keeps its residual in fp32, too).
+m is ``LMSpec.residual_multiplier`` (1 under SP; Depth-μP's 1/√(2L), Yang et al. 2023, under μP++).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from archscale.models.api import ParamRole, SeqInfo
+from archscale.models.mixers.base import AttentionFlops, MixerContext, build_mixer
+from archscale.models.mlp import SwiGLU
+from archscale.models.spec import LMSpec
+
+
+class Block(nn.Module):
+    """Residual block ``layer_idx`` of ``spec``: token mixer then SwiGLU MLP, each behind its own RMSNorm."""
+
+    def __init__(self, spec: LMSpec, layer_idx: int) -> None:
+        super().__init__()
+        d = spec.n_embd
+        self.mixer_norm = nn.RMSNorm(d, eps=spec.norm_eps)
+        self.mixer = build_mixer(spec.layers[layer_idx], MixerContext.from_spec(spec, layer_idx))
+        self.mlp_norm = nn.RMSNorm(d, eps=spec.norm_eps)
+        self.mlp = SwiGLU(d, spec.mlp_hidden)
+        self.residual_multiplier = spec.residual_multiplier
+
+    def forward(self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer(self.mixer_norm(x), seq, state)
+        x = x + self._scale(y)
+        x = x + self._scale(self.mlp(self.mlp_norm(x)))
+        return x, state
+
+    def _scale(self, y: torch.Tensor) -> torch.Tensor:
+        # A Python-constant branch: no data-dependent control flow under torch.compile.
+        return y if self.residual_multiplier == 1.0 else y * self.residual_multiplier
+
+    # ------------------------------------------------------------------ bookkeeping
+    def flops_per_token(self, seq_len: int, attention: AttentionFlops = "dense") -> float:
+        """Matmul FLOPs of the mixer and the MLP (norms and adds are not counted)."""
+        # The TokenMixer contract only promises flops_per_token(seq_len): pass the convention only if not default.
+        if attention == "dense":
+            mixer_flops = self.mixer.flops_per_token(seq_len)
+        else:
+            mixer_flops = self.mixer.flops_per_token(seq_len, attention)
+        return mixer_flops + self.mlp.flops_per_token(seq_len)
+
+    def param_roles(self) -> dict[str, ParamRole]:
+        roles: dict[str, ParamRole] = {"mixer_norm.weight": "vector", "mlp_norm.weight": "vector"}
+        roles.update({f"mixer.{n}": r for n, r in self.mixer.param_roles().items()})
+        roles.update({f"mlp.{n}": r for n, r in self.mlp.param_roles().items()})
+        return roles
+
+    def output_projections(self) -> set[str]:
+        names = {f"mixer.{n}" for n in getattr(self.mixer, "output_projections", set)()}
+        return names | {f"mlp.{n}" for n in self.mlp.output_projections()}

@@ -1,0 +1,22 @@
+"""Test-suite wide settings: GPU tests are skipped without CUDA; no test touches the network or the user cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run on the GPU machine: benchmarks/gpu_suite.sh)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

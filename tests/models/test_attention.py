@@ -1,0 +1,133 @@
+"""Attention specifics: a loop reference for GQA / window / NoPE / scale, RoPE properties, windowed caches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from archscale.models.api import SeqInfo
+from archscale.models.mixers.attention import AttentionConfig, CausalSelfAttention
+from archscale.models.mixers.base import MixerContext, attended_keys
+from archscale.models.rope import apply_rope, rope_cos_sin
+
+D = 48
+
+
+def make(attn_scale: float | None = None, **params: object) -> CausalSelfAttention:
+    ctx = MixerContext(d_model=D, layer_idx=0, n_layers=2, rope_base=500.0, attn_scale=attn_scale)
+    mixer = CausalSelfAttention(ctx, AttentionConfig(**params))
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.normal_(0.0, 0.2)
+    return mixer.double()
+
+
+def reference(mixer: CausalSelfAttention, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Per-head loops with an explicit softmax; positions (T,) of one dense row."""
+    B, T, _ = x.shape
+    H, Hkv, K = mixer.n_head, mixer.n_kv_head, mixer.head_dim
+    q = mixer.q_proj(x).view(B, T, H, K)
+    k = mixer.k_proj(x).view(B, T, Hkv, K)
+    v = mixer.v_proj(x).view(B, T, Hkv, K)
+    if mixer.use_rope:
+        cos, sin = rope_cos_sin(positions.expand(B, T), K, mixer.rope_base)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out = torch.zeros(B, T, H, K, dtype=x.dtype)
+    for h in range(H):
+        g = h // (H // Hkv)  # the KV head serving query head h
+        scores = torch.einsum("btk,bsk->bts", q[:, :, h], k[:, :, g]) * mixer.scale
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        allowed = j <= i
+        if mixer.window is not None:
+            allowed &= i - j < mixer.window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out[:, :, h] = torch.einsum("bts,bsk->btk", scores.softmax(-1), v[:, :, g])
+    return mixer.o_proj(out.reshape(B, T, H * K))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(n_head=4, n_kv_head=2, head_dim=8),
+        dict(n_head=4),  # MHA, head_dim = 48 // 4
+        dict(n_head=6, n_kv_head=1, head_dim=10),  # MQA, heads·head_dim != d_model
+        dict(n_head=4, n_kv_head=2, head_dim=8, window=5),
+        dict(n_head=4, n_kv_head=4, head_dim=8, positional="nope"),
+        dict(n_head=2, n_kv_head=1, head_dim=8, window=1),
+    ],
+)
+def test_matches_loop_reference(params: dict) -> None:
+    mixer = make(**params)
+    x = torch.randn(2, 19, D, dtype=torch.float64)
+    y, _ = mixer(x, SeqInfo.dense(2, 19))
+    torch.testing.assert_close(y, reference(mixer, x, torch.arange(19)), rtol=1e-10, atol=1e-10)
+
+
+def test_attn_scale_from_context() -> None:
+    mixer = make(attn_scale=0.05, n_head=4, n_kv_head=2, head_dim=8)
+    assert mixer.scale == 0.05
+    assert make(n_head=4, n_kv_head=2, head_dim=8).scale == pytest.approx(1 / math.sqrt(8))
+    x = torch.randn(1, 9, D, dtype=torch.float64)
+    torch.testing.assert_close(mixer(x, SeqInfo.dense(1, 9))[0], reference(mixer, x, torch.arange(9)))
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_window_varlen_and_cache(window: int) -> None:
+    mixer = make(n_head=4, n_kv_head=2, head_dim=8, window=window)
+    x = torch.randn(1, 21, D, dtype=torch.float64)
+    full, _ = mixer(x, SeqInfo.dense(1, 21))
+    # Decoding one token at a time with a cache trimmed to window - 1 keys gives the same outputs.
+    state, outs = None, []
+    for t in range(21):
+        y, state = mixer(x[:, t : t + 1], SeqInfo.dense(1, 1, offset=t), state)
+        assert state[0].shape[2] <= max(window - 1, 0)
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
+    # Packed documents restart their windows and positions.
+    cu = torch.tensor([0, 4, 15, 21], dtype=torch.int32)
+    packed, packed_state = mixer(x, SeqInfo.from_cu_seqlens(cu))
+    assert packed_state is None
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        torch.testing.assert_close(packed[:, a:b], mixer(x[:, a:b], SeqInfo.dense(1, b - a))[0])
+
+
+def test_rope_is_relative() -> None:
+    """RoPE scores depend only on the position difference (Su et al. 2021), and position 0 is the identity."""
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+
+    def score(pq: int, pk: int) -> torch.Tensor:
+        cq, sq = rope_cos_sin(torch.tensor([[pq]]), 16, 10000.0)
+        ck, sk = rope_cos_sin(torch.tensor([[pk]]), 16, 10000.0)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+
+    torch.testing.assert_close(score(7, 3), score(104, 100), rtol=1e-5, atol=1e-5)  # angles are float32
+    c0, s0 = rope_cos_sin(torch.zeros(1, 1, dtype=torch.long), 16, 10000.0)
+    torch.testing.assert_close(apply_rope(q, c0, s0), q)
+
+
+def test_nope_is_position_free() -> None:
+    mixer = make(n_head=2, head_dim=8, positional="nope")
+    x = torch.randn(1, 6, D, dtype=torch.float64)
+    a, _ = mixer(x, SeqInfo.dense(1, 6))
+    b, _ = mixer(x, SeqInfo.dense(1, 6, offset=50))
+    torch.testing.assert_close(a, b)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValidationError, match="n_kv_head"):
+        AttentionConfig(n_head=6, n_kv_head=4)
+    with pytest.raises(ValidationError):
+        AttentionConfig(n_head=4, bogus=1)
+    with pytest.raises(ValueError, match="head_dim"):
+        CausalSelfAttention(MixerContext(d_model=50, layer_idx=0, n_layers=1), AttentionConfig(n_head=4))
+
+
+def test_attended_keys_conventions() -> None:
+    assert attended_keys(100, None, "dense") == 100
+    assert attended_keys(100, None, "causal") == pytest.approx(50.5)
+    assert attended_keys(100, 10, "dense") == 10
+    assert attended_keys(100, 10, "causal") == pytest.approx((55 + 90 * 10) / 100)
+    assert attended_keys(5, 10, "causal") == pytest.approx(3.0)
