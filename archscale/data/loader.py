@@ -25,7 +25,7 @@ from archscale.data.sources import TokenStream
 
 _TRAIN_KEY = 0x6172_6368_7472_6E  # arbitrary constants separating the train and validation random streams
 _VAL_KEY = 0x6172_6368_7661_6C
-STATE_FORMAT = "archscale-random-windows/1"
+STATE_FORMAT = "archscale-random-windows/2"
 
 
 def _normalise(weights: Sequence[float]) -> np.ndarray:
@@ -93,13 +93,18 @@ class RandomWindows(_VocabGuard):
         """(source name, normalised weight, training tokens) per source."""
         return [(n, float(p), len(s)) for n, p, s in zip(self._names, self._p, self._streams)]
 
-    def _rng(self, index: int) -> np.random.Generator:
-        entropy = [_TRAIN_KEY, self.seed % (1 << 64), self.rank, self.world_size, index]
+    def _rng(self, global_index: int) -> np.random.Generator:
+        entropy = [_TRAIN_KEY, self.seed % (1 << 64), global_index]
         return np.random.default_rng(np.random.SeedSequence(entropy))
 
     def draw(self, index: int) -> torch.Tensor:
-        """Batch number ``index`` of this rank (pure: does not move the iterator)."""
-        rng = self._rng(index)
+        """Batch number ``index`` of this rank (pure: does not move the iterator).
+
+        Batches form one global stream independent of the world size: rank r's i-th batch is global batch
+        i·world_size + r. So N ranks accumulating k micro-batches each see exactly the samples one process
+        accumulating N·k micro-batches sees (same losses, up to summation order), and a run can resume on
+        another number of ranks and continue the same stream."""
+        rng = self._rng(index * self.world_size + self.rank)
         k = len(self._streams)
         src = rng.choice(k, size=self.batch_size, p=self._p) if k > 1 else np.zeros(self.batch_size, np.int64)
         starts = rng.integers(0, self._highs[src])
@@ -121,10 +126,11 @@ class RandomWindows(_VocabGuard):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain-Python state; identical on every rank (the batch counter plus what it is only valid with)."""
+        """Plain-Python state; identical on every rank (the global batch counter plus what it is only valid
+        with), so it can be restored on any world size that divides the counter."""
         return {
             "format": STATE_FORMAT,
-            "batches_drawn": self.batches_drawn,
+            "global_batches_drawn": self.batches_drawn * self.world_size,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "window": self.window,
@@ -132,7 +138,7 @@ class RandomWindows(_VocabGuard):
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Continue after ``state["batches_drawn"]`` batches. ``strict`` refuses a state saved with another seed,
+        """Continue after ``state["global_batches_drawn"]`` global batches. ``strict`` refuses a state saved with another seed,
         batch size, window or mixture, where continuing would silently change the data order; pass
         ``strict=False`` to keep only the counter (e.g. after deliberately changing the mixture)."""
         if state.get("format") != STATE_FORMAT:
@@ -148,10 +154,15 @@ class RandomWindows(_VocabGuard):
                     + "; ".join(diffs) + "); restore with the same data settings, or load_state_dict(..., "
                     "strict=False) to keep only the batch counter"
                 )
-        n = int(state["batches_drawn"])
+        n = int(state["global_batches_drawn"])
         if n < 0:
-            raise ValueError(f"batches_drawn must be >= 0, got {n}")
-        self.batches_drawn = n
+            raise ValueError(f"global_batches_drawn must be >= 0, got {n}")
+        if n % self.world_size:
+            raise ValueError(
+                f"the saved data position ({n} global batches) is not divisible by the world size "
+                f"{self.world_size}: resume on a world size that divides it"
+            )
+        self.batches_drawn = n // self.world_size
 
 
 def _plain(x: Any) -> Any:

@@ -76,11 +76,29 @@ class SeqInfo:
         )
 
 
+@dataclass
+class CrossLayer:
+    """Values one layer hands to later layers within one forward call (never stored on modules).
+
+    The model creates a fresh object per forward and passes it to every mixer as ``shared=``:
+    memory: (B, T, d_m) the un-gated scan output of the memory-producing layer (SambaY's ``M*``), read by Gated
+        Memory Units (REFERENCE §3);
+    kv: the keys and values of the YOCO full-attention layer, read by the cross-attention layers; a mixer-defined
+        tuple (e.g. (k, v) each (B, T_total, H_kv, K) including cached tokens when decoding).
+    """
+
+    memory: torch.Tensor | None = None
+    kv: Any | None = None
+
+
 @runtime_checkable
 class TokenMixer(Protocol):
-    """The call every registered mixer implements (see module docstring)."""
+    """The call every registered mixer implements (see module docstring). Mixers that neither produce nor consume
+    cross-layer values accept and ignore ``shared``."""
 
-    def __call__(self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None) -> tuple[torch.Tensor, Any]: ...
+    def __call__(
+        self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None, shared: CrossLayer | None = None
+    ) -> tuple[torch.Tensor, Any]: ...
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token (2 per multiply-add) at context ``seq_len``, matrices and attention scores."""

@@ -227,3 +227,23 @@ def test_default_corpus_batches(corpus) -> None:
     v = next(b.val.batches(1))
     assert v.shape == (2, 65)
     assert b.val.num_tokens == corpus.num_val_tokens  # whole held-out addresses, not a token fraction
+
+
+def test_ranks_share_one_global_stream_independent_of_world_size(arange_source: str) -> None:
+    """Rank r's i-th batch is global batch i·world + r: two ranks together see exactly what one process sees,
+    so data-parallel runs reproduce single-process losses and can resume on another world size."""
+    cfg = _cfg(sources={arange_source: 1.0})
+    single = open_data(cfg, micro_batch_size=4, seed=5)
+    one = [single.train.next() for _ in range(6)]
+    r0 = open_data(cfg, micro_batch_size=4, seed=5, rank=0, world_size=2)
+    r1 = open_data(cfg, micro_batch_size=4, seed=5, rank=1, world_size=2)
+    for i in range(3):
+        assert torch.equal(r0.train.next(), one[2 * i]) and torch.equal(r1.train.next(), one[2 * i + 1])
+    # Two ranks drew 3 batches each = 6 global batches: a single process resumes at its 7th batch.
+    resumed = open_data(cfg, micro_batch_size=4, seed=5)
+    resumed.train.load_state_dict(r0.train.state_dict())
+    assert resumed.train.batches_drawn == 6
+    assert torch.equal(resumed.train.next(), single.train.next())
+    three = open_data(cfg, micro_batch_size=4, seed=5, rank=0, world_size=4)
+    with pytest.raises(ValueError, match="not divisible by the world size 4"):
+        three.train.load_state_dict(r0.train.state_dict())
