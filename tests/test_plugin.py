@@ -4,6 +4,8 @@ seen by `archscale list` and by Recipe validation in a fresh process; a broken p
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,8 +20,10 @@ PLUGIN = ROOT / "examples" / "plugin"
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("plugin_site")
+    source = tmp_path_factory.mktemp("plugin_src") / "plugin"
+    shutil.copytree(PLUGIN, source)  # building writes build/ and *.egg-info next to the sources: not in the repo
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(PLUGIN)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,7 +42,8 @@ def test_archscale_list_shows_plugin_entries_with_origin(plugin_site: Path) -> N
     proc = run(["-m", "archscale", "list"], plugin_site)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "token_shift  plugin archscale-example-plugin (archscale_example_plugin.mixer:TokenShift)" in out
+    # Names are padded to the longest name of their registry.
+    assert re.search(r"token_shift +plugin archscale-example-plugin \(archscale_example_plugin\.mixer:TokenShift\)", out)
     assert "signum" in out and "plugin archscale-example-plugin (archscale_example_plugin.optim:signum)" in out
     assert "attention" in out and "adamw" in out  # built-ins still there
 

@@ -80,11 +80,13 @@ class SeqInfo:
 class CrossLayer:
     """Values one layer hands to later layers within one forward call (never stored on modules).
 
-    The model creates a fresh object per forward and passes it to every mixer as ``shared=``:
-    memory: (B, T, d_m) the un-gated scan output of the memory-producing layer (SambaY's ``M*``), read by Gated
-        Memory Units (REFERENCE §3);
-    kv: the keys and values of the YOCO full-attention layer, read by the cross-attention layers; a mixer-defined
-        tuple (e.g. (k, v) each (B, T_total, H_kv, K) including cached tokens when decoding).
+    The model creates a fresh object per forward and passes it to every mixer as ``shared=``; layers write it in
+    order, so a layer reads only what an earlier layer of the same forward wrote:
+    memory: (B, T, d_m) the un-gated scan output of the memory-producing layer (SambaY's ``M*``) for the tokens of
+        this call only, read by Gated Memory Units (Ren et al. 2025; REFERENCE §3);
+    kv: (k, v), each (B, H_kv, S, K), the keys (positions already applied) and values of the YOCO full-attention
+        layer (Sun et al. 2024), read by the cross-attention layers. When decoding, S counts the cached tokens
+        and the new ones (the new tokens are the last T of the S); for a packed varlen batch S = T.
     """
 
     memory: torch.Tensor | None = None

@@ -1,6 +1,8 @@
 """One pre-norm residual block: x + m·mixer(norm(x)), then x + m·mlp(norm(x)).
 
-Pre-norm RMSNorm (Zhang & Sennrich 2019) as in Llama / Transformer++. The residual stream x keeps the dtype of
+Pre-norm RMSNorm (Zhang & Sennrich 2019) as in Llama / Transformer++, or LayerNorm (``LMSpec.norm``; Phi-4-mini-
+flash). The block hands the model's per-forward :class:`~archscale.models.api.CrossLayer` to its mixer
+(``shared=``): that is how YOCO K,V and GMU memory reach later layers. The residual stream x keeps the dtype of
 the embedding (float32 parameters): under bf16 autocast the branch outputs are bf16 and adding them to the fp32
 stream promotes the sum to fp32, so the stream never rounds to bf16 (ArchScale keeps its residual in fp32, too).
 m is ``LMSpec.residual_multiplier`` (1 under SP; Depth-μP's 1/√(2L), Yang et al. 2023, under μP++).
@@ -13,10 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from archscale.models.api import ParamRole, SeqInfo
+from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.mixers.base import AttentionFlops, MixerContext, build_mixer
 from archscale.models.mlp import SwiGLU
 from archscale.models.spec import LMSpec
+
+
+def make_norm(spec: LMSpec) -> nn.Module:
+    """The norm of ``spec`` at width n_embd: RMSNorm (gain) or LayerNorm (gain and bias)."""
+    if spec.norm == "layernorm":
+        return nn.LayerNorm(spec.n_embd, eps=spec.norm_eps)
+    return nn.RMSNorm(spec.n_embd, eps=spec.norm_eps)
 
 
 class Block(nn.Module):
@@ -25,14 +34,16 @@ class Block(nn.Module):
     def __init__(self, spec: LMSpec, layer_idx: int) -> None:
         super().__init__()
         d = spec.n_embd
-        self.mixer_norm = nn.RMSNorm(d, eps=spec.norm_eps)
+        self.mixer_norm = make_norm(spec)
         self.mixer = build_mixer(spec.layers[layer_idx], MixerContext.from_spec(spec, layer_idx))
-        self.mlp_norm = nn.RMSNorm(d, eps=spec.norm_eps)
+        self.mlp_norm = make_norm(spec)
         self.mlp = SwiGLU(d, spec.mlp_hidden)
         self.residual_multiplier = spec.residual_multiplier
 
-    def forward(self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None) -> tuple[torch.Tensor, Any]:
-        y, state = self.mixer(self.mixer_norm(x), seq, state)
+    def forward(
+        self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None, shared: CrossLayer | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer(self.mixer_norm(x), seq, state, shared=shared)
         x = x + self._scale(y)
         x = x + self._scale(self.mlp(self.mlp_norm(x)))
         return x, state
@@ -52,7 +63,8 @@ class Block(nn.Module):
         return mixer_flops + self.mlp.flops_per_token(seq_len)
 
     def param_roles(self) -> dict[str, ParamRole]:
-        roles: dict[str, ParamRole] = {"mixer_norm.weight": "vector", "mlp_norm.weight": "vector"}
+        roles: dict[str, ParamRole] = {f"{norm}.{n}": "vector" for norm in ("mixer_norm", "mlp_norm")
+                                       for n, _ in getattr(self, norm).named_parameters()}
         roles.update({f"mixer.{n}": r for n, r in self.mixer.param_roles().items()})
         roles.update({f"mlp.{n}": r for n, r in self.mlp.param_roles().items()})
         return roles

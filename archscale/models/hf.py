@@ -60,10 +60,15 @@ def _name_map(n_layers: int, tied: bool) -> dict[str, str]:
 def _attention_dims(model: LanguageModel) -> tuple[int, int, int, float]:
     """(n_head, n_kv_head, head_dim, rope_base), checking that every layer is a plain RoPE attention alike."""
     found: set[tuple[int, int, int, float]] = set()
+    if model.spec.norm != "rmsnorm":
+        raise ValueError(f"export_llama: the model uses {model.spec.norm}, Llama has RMSNorm")
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
-        if not isinstance(mixer, CausalSelfAttention):
+        # Exact type: subclasses (differential attention) compute something else with the same weights.
+        if type(mixer) is not CausalSelfAttention:
             raise ValueError(f"export_llama: layer {i} is {type(mixer).__name__}, Llama has only attention")
+        if any(proj.bias is not None for proj in (mixer.q_proj, mixer.v_proj, mixer.o_proj)):
+            raise ValueError(f"export_llama: layer {i} has attention biases, which Llama has not")
         if mixer.window is not None or not mixer.use_rope:
             raise ValueError(f"export_llama: layer {i} uses a sliding window or NoPE, which Llama cannot express")
         found.add((mixer.n_head, mixer.n_kv_head, mixer.head_dim, mixer.rope_base))

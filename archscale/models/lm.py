@@ -1,4 +1,4 @@
-"""The language model: embedding, a stack of residual blocks, final RMSNorm, head (tied or untied).
+"""The language model: embedding, a stack of residual blocks, final norm, head (tied or untied).
 
 >>> from archscale.models.archs import TransformerConfig, transformer
 >>> model = build_model(transformer(TransformerConfig(depth=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=512)))
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archscale.models.api import ParamRole, SeqInfo
-from archscale.models.block import Block
+from archscale.models.api import CrossLayer, ParamRole, SeqInfo
+from archscale.models.block import Block, make_norm
 from archscale.models.init import InitRule, standard_init
 from archscale.models.mixers.base import AttentionFlops
 from archscale.models.spec import LMSpec
@@ -44,7 +44,7 @@ class LanguageModel(nn.Module):
         self.spec = spec
         self.embed = nn.Embedding(spec.vocab_size, spec.n_embd)
         self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.n_layers))
-        self.final_norm = nn.RMSNorm(spec.n_embd, eps=spec.norm_eps)
+        self.final_norm = make_norm(spec)
         # Tied: the head reuses the embedding table, so it is no separate parameter (and has no role of its own).
         self.head = None if spec.tie_embeddings else nn.Linear(spec.n_embd, spec.vocab_size, bias=False)
         self.reset_parameters()
@@ -73,9 +73,11 @@ class LanguageModel(nn.Module):
             raise ValueError(f"state has {len(state)} entries, the model has {len(self.blocks)} layers")
 
         x = self.embed(input_ids)  # (B, T, D), float32: the residual stream
+        # Values layers hand to later layers in this call (YOCO K,V, GMU memory): created here, passed explicitly.
+        shared = CrossLayer()
         new_state: list[Any] = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, seq, None if state is None else state[i])
+            x, layer_state = block(x, seq, None if state is None else state[i], shared=shared)
             if want_state:
                 new_state.append(layer_state)
         x = self.final_norm(x)
@@ -94,7 +96,9 @@ class LanguageModel(nn.Module):
         """Initialise every parameter: first each submodule's own ``reset_parameters`` (norms to 1, special
         mixer parameters), then ``rule`` on every parameter (default: SP, N(0, init_std) with output
         projections / √(2L))."""
-        for module in self.modules():
+        # Children before parents (reversed pre-order), so that a mixer's own init of a child's parameter
+        # (a zero bias, Mamba's dt bias) is not overwritten by the child's default (nn.Linear's uniform bias).
+        for module in reversed(list(self.modules())):
             if module is not self and callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
         rule = rule or standard_init(self.spec.init_std, self.spec.n_layers)
@@ -106,7 +110,8 @@ class LanguageModel(nn.Module):
     # ------------------------------------------------------------------ bookkeeping
     def param_roles(self) -> dict[str, ParamRole]:
         """Role of every parameter, each exactly once, composed from each module's own report."""
-        roles: dict[str, ParamRole] = {"embed.weight": "embedding", "final_norm.weight": "vector"}
+        roles: dict[str, ParamRole] = {"embed.weight": "embedding"}
+        roles.update({f"final_norm.{n}": "vector" for n, _ in self.final_norm.named_parameters()})
         for i, block in enumerate(self.blocks):
             roles.update({f"blocks.{i}.{n}": r for n, r in block.param_roles().items()})
         if self.head is not None:

@@ -14,7 +14,7 @@ This module imports only pydantic, so specs can be built and counted without imp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,12 @@ class LMSpec(BaseModel):
     layers: list[LayerSpec] = Field(min_length=1, description="One entry per residual block, bottom to top.")
     mlp_hidden: int = Field(ge=1, description="Hidden width of each block's SwiGLU MLP.")
     tie_embeddings: bool = Field(False, description="Share the input embedding with the output head.")
-    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every RMSNorm.")
+    norm: Literal["rmsnorm", "layernorm"] = Field(
+        "rmsnorm",
+        description="The pre-norms and the final norm: RMSNorm (gain only; Llama, ArchScale) or LayerNorm (gain and "
+        "bias; Phi-4-mini-flash).",
+    )
+    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every norm.")
     rope_base: float = Field(
         10000.0, gt=0, description="Default RoPE base (theta) for mixers that use rotary positions."
     )

@@ -72,7 +72,8 @@ class ParamCounts:
 def count_params(spec: LMSpec) -> ParamCounts:
     """Parameters of the model ``build_model(spec)`` would build, by role, from formulas."""
     d = spec.n_embd
-    counts: dict[ParamRole, int] = {"embedding": spec.vocab_size * d, "head": 0, "matrix": 0, "vector": d}
+    norm = 2 * d if spec.norm == "layernorm" else d  # gain (and LayerNorm's bias) of one norm
+    counts: dict[ParamRole, int] = {"embedding": spec.vocab_size * d, "head": 0, "matrix": 0, "vector": norm}
     if not spec.tie_embeddings:
         counts["head"] = spec.vocab_size * d
     for i, layer in enumerate(spec.layers):
@@ -81,7 +82,7 @@ def count_params(spec: LMSpec) -> ParamCounts:
             counts[role] += n
         for role, n in SwiGLU.count_params(d, spec.mlp_hidden).items():
             counts[role] += n
-        counts["vector"] += 2 * d  # the two pre-norm RMSNorm gains of the block
+        counts["vector"] += 2 * norm  # the two pre-norms of the block
     return ParamCounts(tied=spec.tie_embeddings, **counts)
 
 

@@ -3,9 +3,14 @@
 - GQA (Ainslie et al. 2023): ``n_kv_head`` key/value heads, each shared by n_head / n_kv_head query heads
   (Transformer++ uses 4 query heads per KV head, REFERENCE §1).
 - Positions: RoPE (Su et al. 2021) in the rotate-half layout of :mod:`archscale.models.rope`, from
-  ``seq.position_ids``; or NoPE (no positional signal; SambaY's full-attention layer, Ren et al. 2025).
+  ``seq.position_ids``; or NoPE (no positional signal; SambaY's attention layers, Ren et al. 2025).
 - Sliding window W (Samba, Ren et al. 2024): each query sees the W most recent keys including itself.
 - Softmax scale: ``ctx.attn_scale`` (set by μP) or 1/√head_dim.
+- Biases: none by default (Llama); ``qv_bias`` / ``o_bias`` add them to the query and value / output
+  projections as in Phi-4-mini-flash. Keys never get one: a key bias adds the same q·b to every score of a
+  query, which the softmax cancels.
+- YOCO (Sun et al. 2024): with ``share_kv`` the layer is the cross-decoder's full-attention layer F; it writes its
+  keys and values (cache + new) to ``shared.kv`` for the cross-attention layers (:mod:`.cross_attention`).
 
 This is the reference path: ``torch.nn.functional.scaled_dot_product_attention``. Dense batches without cache or
 window use ``is_causal`` (no mask tensor, compile-friendly). Packed varlen batches (``seq.cu_seqlens``) use a
@@ -25,12 +30,46 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from archscale.models.api import ParamRole, SeqInfo
+from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext, attended_keys
 from archscale.models.rope import apply_rope, rope_cos_sin
 from archscale.registry import mixers
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def attention_mask(seq: SeqInfo, T: int, S: int, window: int | None) -> torch.Tensor | None:
+    """Boolean (T, S) mask, True = may attend, for T queries against S keys whose last T are the queries' own
+    positions (cached keys first); None when plain ``is_causal`` is exact (T == S, dense, no window)."""
+    device = seq.position_ids.device
+    if seq.is_varlen:
+        assert seq.cu_seqlens is not None
+        if S != T:
+            raise ValueError("attention: a packed varlen batch cannot be combined with cached keys")
+        idx = torch.arange(T, device=device)
+        doc = torch.searchsorted(seq.cu_seqlens[1:].long(), idx, right=True)  # (T,) document of each token
+        allowed = (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])
+        if window is not None:
+            allowed = allowed & (idx[:, None] - idx[None, :] < window)
+        return allowed
+    if S == T and window is None:
+        return None
+    # Query t sits at index S - T + t of the key sequence (cached keys first); keys are contiguous.
+    qi = torch.arange(T, device=device)[:, None] + (S - T)
+    kj = torch.arange(S, device=device)[None, :]
+    allowed = kj <= qi
+    if window is not None:
+        allowed = allowed & (qi - kj < window)
+    return allowed
+
+
+def softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """q (B, H, T, K), k (B, Hkv, S, K), v (B, Hkv, S, V) -> (B, H, T, V); ``mask`` None means causal, T == S."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 class AttentionConfig(BaseModel):
@@ -48,6 +87,11 @@ class AttentionConfig(BaseModel):
     window: int | None = Field(
         None, ge=1, description="Sliding window: each query sees this many most recent keys (itself included)."
     )
+    share_kv: bool = Field(
+        False, description="YOCO full-attention layer: write this layer's keys and values to shared.kv."
+    )
+    qv_bias: bool = Field(False, description="Bias on the query and value projections (Phi-4-mini-flash).")
+    o_bias: bool = Field(False, description="Bias on the output projection (Phi-4-mini-flash).")
 
     @model_validator(mode="after")
     def _check_groups(self) -> AttentionConfig:
@@ -57,6 +101,18 @@ class AttentionConfig(BaseModel):
                 "every key/value head serves the same number of query heads"
             )
         return self
+
+
+def attention_dims(ctx: MixerContext, n_head: int, n_kv_head: int | None, head_dim: int | None,
+                   positional: str) -> tuple[int, int, int]:
+    """(n_head, n_kv_head, head_dim) after defaults (head_dim = d_model // n_head, n_kv_head = n_head)."""
+    if head_dim is None and ctx.d_model % n_head:
+        raise ValueError(f"d_model={ctx.d_model} is not divisible by n_head={n_head}; set head_dim explicitly")
+    head_dim = head_dim if head_dim is not None else ctx.d_model // n_head
+    n_kv = n_kv_head if n_kv_head is not None else n_head
+    if positional == "rope" and head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got head_dim={head_dim}")
+    return n_head, n_kv, head_dim
 
 
 @mixers.register("attention", config=AttentionConfig)
@@ -71,30 +127,29 @@ class CausalSelfAttention(Mixer):
         self.rope_base = config.rope_base if config.rope_base is not None else ctx.rope_base
         self.use_rope = config.positional == "rope"
         self.window = config.window
+        self.share_kv = config.share_kv
         self.scale = ctx.attn_scale if ctx.attn_scale is not None else self.head_dim**-0.5
         d, hk, kvk = ctx.d_model, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         # Separate q/k/v projections (HF Llama layout; each is its own matrix for Muon).
-        self.q_proj = nn.Linear(d, hk, bias=False)
+        self.q_proj = nn.Linear(d, hk, bias=config.qv_bias)
         self.k_proj = nn.Linear(d, kvk, bias=False)
-        self.v_proj = nn.Linear(d, kvk, bias=False)
-        self.o_proj = nn.Linear(hk, d, bias=False)
+        self.v_proj = nn.Linear(d, kvk, bias=config.qv_bias)
+        self.o_proj = nn.Linear(hk, d, bias=config.o_bias)
 
     @staticmethod
     def dims(ctx: MixerContext, config: AttentionConfig) -> tuple[int, int, int]:
         """(n_head, n_kv_head, head_dim) after defaults."""
-        if config.head_dim is None and ctx.d_model % config.n_head:
-            raise ValueError(
-                f"d_model={ctx.d_model} is not divisible by n_head={config.n_head}; set head_dim explicitly"
-            )
-        head_dim = config.head_dim if config.head_dim is not None else ctx.d_model // config.n_head
-        n_kv = config.n_kv_head if config.n_kv_head is not None else config.n_head
-        if config.positional == "rope" and head_dim % 2:
-            raise ValueError(f"RoPE needs an even head_dim, got head_dim={head_dim}")
-        return config.n_head, n_kv, head_dim
+        return attention_dims(ctx, config.n_head, config.n_kv_head, config.head_dim, config.positional)
+
+    def reset_parameters(self) -> None:
+        # Biases start at zero (the model's init rule leaves vector-like parameters to their module).
+        for proj in (self.q_proj, self.v_proj, self.o_proj):
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, x: torch.Tensor, seq: SeqInfo, state: KVCache | None = None
+        self, x: torch.Tensor, seq: SeqInfo, state: KVCache | None = None, shared: CrossLayer | None = None
     ) -> tuple[torch.Tensor, KVCache | None]:
         B, T, _ = x.shape
         H, Hkv, K = self.n_head, self.n_kv_head, self.head_dim
@@ -112,12 +167,12 @@ class CausalSelfAttention(Mixer):
             k_cache, v_cache = state
             k = torch.cat((k_cache.to(k.dtype), k), dim=2)  # (B, Hkv, S, K), S = cached + T
             v = torch.cat((v_cache.to(v.dtype), v), dim=2)
+        if self.share_kv:
+            if shared is None:
+                raise ValueError("attention: share_kv=True needs the model's CrossLayer object (shared=...)")
+            shared.kv = (k, v)  # every key so far: the cross-attention layers align queries to the last T
 
-        mask = self._mask(seq, T, k.shape[2], has_cache=state is not None)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=H != Hkv
-        )  # (B, H, T, K)
-        y = y.transpose(1, 2).reshape(B, T, H * K)  # (B, T, H·K)
+        y = self._attend(q, k, v, attention_mask(seq, T, k.shape[2], self.window))  # (B, T, H·K)
 
         new_state: KVCache | None = None
         if not seq.is_varlen:
@@ -125,26 +180,11 @@ class CausalSelfAttention(Mixer):
             new_state = (k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :])
         return self.o_proj(y), new_state
 
-    def _mask(self, seq: SeqInfo, T: int, S: int, has_cache: bool) -> torch.Tensor | None:
-        """Boolean (T, S) mask, True = may attend; None when plain ``is_causal`` is exact (T == S, no window)."""
-        device = seq.position_ids.device
-        if seq.is_varlen:
-            assert seq.cu_seqlens is not None
-            idx = torch.arange(T, device=device)
-            doc = torch.searchsorted(seq.cu_seqlens[1:].long(), idx, right=True)  # (T,) document of each token
-            allowed = (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])
-            if self.window is not None:
-                allowed = allowed & (idx[:, None] - idx[None, :] < self.window)
-            return allowed
-        if not has_cache and self.window is None:
-            return None
-        # Query t sits at index S - T + t of the key sequence (cached keys first); keys are contiguous.
-        qi = torch.arange(T, device=device)[:, None] + (S - T)
-        kj = torch.arange(S, device=device)[None, :]
-        allowed = kj <= qi
-        if self.window is not None:
-            allowed = allowed & (qi - kj < self.window)
-        return allowed
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, T, K), k/v (B, Hkv, S, K) -> (B, T, H·K) before the output projection."""
+        B, H, T, K = q.shape
+        y = softmax_attention(q, k, v, mask, self.scale)  # (B, H, T, K)
+        return y.transpose(1, 2).reshape(B, T, H * K)
 
     # ------------------------------------------------------------------ bookkeeping
     @classmethod
@@ -154,14 +194,15 @@ class CausalSelfAttention(Mixer):
     @classmethod
     def count_params(cls, ctx: MixerContext, config: AttentionConfig) -> dict[ParamRole, int]:  # type: ignore[override]
         h, kv, k = cls.dims(ctx, config)
-        # q and o: d·H·K each; k and v: d·Hkv·K each.
-        return {"matrix": 2 * ctx.d_model * h * k + 2 * ctx.d_model * kv * k}
+        # q and o: d·H·K each; k and v: d·Hkv·K each; biases H·K (q), Hkv·K (v), d (o).
+        vector = (h * k + kv * k if config.qv_bias else 0) + (ctx.d_model if config.o_bias else 0)
+        return {"matrix": 2 * ctx.d_model * h * k + 2 * ctx.d_model * kv * k, "vector": vector}
 
     @classmethod
     def count_flops(  # type: ignore[override]
         cls, ctx: MixerContext, config: AttentionConfig, seq_len: int, attention: AttentionFlops = "dense"
     ) -> float:
-        """2·(projection params) + 2·2·H·K per attended key (scores QKᵀ and weighted values AV).
+        """2·(projection matrices) + 2·2·H·K per attended key (scores QKᵀ and weighted values AV).
 
         Keys per query follow :data:`~archscale.models.mixers.base.AttentionFlops`: "dense" charges all T keys
         (min(T, W) with a window), "causal" the (T+1)/2 (or windowed) keys a causal kernel visits.

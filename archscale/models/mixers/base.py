@@ -8,8 +8,15 @@ Construction (uniform for every registry entry)::
 
 :func:`build_mixer` does exactly that from a :class:`~archscale.models.spec.LayerSpec`. ``ctx`` carries what the
 model knows and the layer does not choose: d_model, the layer index and count, and the model-wide defaults of
-the spec (RoPE base, attention scale, norm eps, context). Cross-layer sharing (YOCO K,V; GMU memory) will flow
-through an explicit object passed at call time, never through ``ctx``.
+the spec (RoPE base, attention scale, norm eps, context).
+
+Cross-layer sharing (YOCO K,V; GMU memory) flows through the :class:`~archscale.models.api.CrossLayer` object the
+model creates per forward and passes to every mixer as ``shared=``, never through ``ctx`` or module attributes.
+A mixer declares what it writes and reads there (``shared_writes`` / ``shared_reads``, class-level so that a spec
+can be checked without building it). By convention a config field ``export_memory: bool`` means "writes
+``shared.memory``" (then ``memory_dim`` gives its width d_m) and ``share_kv: bool`` means "writes ``shared.kv``";
+the base class infers the writes from those fields. Consumers (GMU, YOCO cross-attention) override
+``shared_reads`` and ``example_shared`` (random shared values of the right shapes for the generic tests).
 
 Bookkeeping is class-level so that :mod:`archscale.scaling.counting` can count a spec without building it:
 ``count_params(ctx, config)`` and ``count_flops(ctx, config, seq_len, attention=...)``. The instance methods of
@@ -29,8 +36,11 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from archscale.models.api import ParamRole, SeqInfo
+from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.spec import LayerSpec, LMSpec
+
+SharedKind = Literal["memory", "kv"]
+"""The fields of :class:`~archscale.models.api.CrossLayer` a mixer may write or read."""
 
 AttentionFlops = Literal["dense", "causal"]
 """How attention FLOPs are counted (2 FLOPs per multiply-add, scores QKᵀ plus weighted values AV).
@@ -54,6 +64,7 @@ class MixerContext:
     attn_scale: float | None = None  # None = 1/√head_dim
     norm_eps: float = 1e-5
     block_size: int = 4096
+    memory_dim: int | None = None  # width d_m of shared.memory at this layer (None: no earlier layer exports it)
 
     @staticmethod
     def from_spec(spec: LMSpec, layer_idx: int) -> MixerContext:
@@ -65,7 +76,30 @@ class MixerContext:
             attn_scale=spec.attn_scale,
             norm_eps=spec.norm_eps,
             block_size=spec.block_size,
+            memory_dim=shared_memory_dim(spec, layer_idx),
         )
+
+
+def shared_memory_dim(spec: LMSpec, layer_idx: int) -> int | None:
+    """Width of the memory a layer finds in ``shared.memory``: that of the nearest earlier layer whose params set
+    ``export_memory`` (the convention of :meth:`Mixer.shared_writes`), from its class's ``memory_dim``."""
+    for j in range(layer_idx - 1, -1, -1):
+        layer = spec.layers[j]
+        if not layer.params.get("export_memory", False):
+            continue
+        cls, config = resolve_mixer(layer)
+        ctx = MixerContext(
+            d_model=spec.n_embd, layer_idx=j, n_layers=spec.n_layers, rope_base=spec.rope_base,
+            attn_scale=spec.attn_scale, norm_eps=spec.norm_eps, block_size=spec.block_size,
+        )
+        dim = cls.memory_dim(ctx, config) if hasattr(cls, "memory_dim") else None
+        if dim is None:
+            raise ValueError(
+                f"layer {j} ('{layer.mixer}') sets export_memory but its mixer does not report memory_dim(ctx, "
+                "config), the width of the memory it exports"
+            )
+        return int(dim)
+    return None
 
 
 def attended_keys(seq_len: int, window: int | None, attention: AttentionFlops) -> float:
@@ -91,9 +125,48 @@ class Mixer(nn.Module):
         self.config = config
 
     def forward(
-        self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None
+        self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None, shared: CrossLayer | None = None
     ) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ cross-layer values
+    @classmethod
+    def shared_writes(cls, config: BaseModel) -> frozenset[SharedKind]:
+        """Fields of ``shared`` this layer writes. Default: from the ``export_memory`` / ``share_kv`` config flags."""
+        writes: set[SharedKind] = set()
+        if getattr(config, "export_memory", False):
+            writes.add("memory")
+        if getattr(config, "share_kv", False):
+            writes.add("kv")
+        return frozenset(writes)
+
+    @classmethod
+    def shared_reads(cls, config: BaseModel) -> frozenset[SharedKind]:
+        """Fields of ``shared`` this layer reads (they must be written by an earlier layer). Default: none."""
+        return frozenset()
+
+    @classmethod
+    def memory_dim(cls, ctx: MixerContext, config: BaseModel) -> int | None:
+        """Width d_m of the memory this layer writes to ``shared.memory`` (B, T, d_m) when it exports memory;
+        None when it cannot export memory. Memory producers (Mamba-1/2, GDN) override this."""
+        return None
+
+    @classmethod
+    def example_shared(
+        cls,
+        ctx: MixerContext,
+        config: BaseModel,
+        batch: int,
+        seq_len: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> CrossLayer | None:
+        """Random shared values a consumer reads, for a dense (batch, seq_len) input (generic tests).
+
+        Convention the tests rely on: ``memory`` is per token (B, T, d_m), sliced like x; ``kv`` is (k, v), each
+        (B, H_kv, S, K) holding every key up to the last token of x (S = T here). Default: None (reads nothing).
+        """
+        return None
 
     # ------------------------------------------------------------------ class-level bookkeeping
     @classmethod

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from archscale.models.api import SeqInfo
+from archscale.models.api import CrossLayer, SeqInfo
 from archscale.models.mixers.base import Mixer, MixerContext
 
 
@@ -31,7 +31,10 @@ class TokenShift(Mixer):
         self.proj = nn.Linear(d, d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None, shared: CrossLayer | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        # shared: values earlier layers hand on (YOCO K,V, GMU memory); this mixer neither reads nor writes them.
         first = torch.zeros_like(x[:, :1]) if state is None else state.unsqueeze(1).to(x.dtype)
         prev = torch.cat([first, x[:, :-1]], dim=1)  # (B, T, D)
         doc_start = (seq.position_ids == 0).unsqueeze(-1)  # the predecessor belongs to another document

@@ -1,1 +1,0 @@
-"""An example archscale plugin: nothing here is imported until a recipe or `archscale list` uses its entries."""

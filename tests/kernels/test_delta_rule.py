@@ -1,0 +1,167 @@
+"""Gated delta rule: recurrence vs the paper's matrix form, chunked (WY) vs recurrent (values and gradients),
+states, varlen, awkward sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_helpers import compare_grads, rel_err, split_cu
+
+from archscale.kernels.delta_rule import gated_delta_rule, gated_delta_rule_chunked, gated_delta_rule_recurrent
+
+H, K, V = 3, 4, 6
+
+
+def make_inputs(Bsz: int, T: int, dtype: torch.dtype = torch.float64, decay: float = 1.0) -> dict[str, torch.Tensor]:
+    return {
+        "q": F.normalize(torch.randn(Bsz, T, H, K, dtype=dtype), dim=-1),
+        "k": F.normalize(torch.randn(Bsz, T, H, K, dtype=dtype), dim=-1),
+        "v": torch.randn(Bsz, T, H, V, dtype=dtype),
+        "g": -torch.rand(Bsz, T, H, dtype=dtype) * decay,
+        "beta": torch.rand(Bsz, T, H, dtype=dtype) * 2,  # (0, 2): negative eigenvalues allowed
+    }
+
+
+def paper_form(q, k, v, g, beta, scale=None, initial_state=None):  # noqa: ANN001, ANN201
+    """S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t (scale·q_t), with S (V × K) written out as
+    matrices per batch row and head (Yang, Kautz & Hatamizadeh 2024, eq. 10), float64."""
+    Bsz, T = q.shape[:2]
+    scale = K**-0.5 if scale is None else scale
+    eye = torch.eye(K, dtype=q.dtype)
+    out = torch.zeros(Bsz, T, H, V, dtype=q.dtype)
+    finals = torch.zeros(Bsz, H, K, V, dtype=q.dtype)
+    for b in range(Bsz):
+        for h in range(H):
+            S = torch.zeros(V, K, dtype=q.dtype) if initial_state is None else initial_state[b, h].T
+            for t in range(T):
+                kt, vt = k[b, t, h][:, None], v[b, t, h][:, None]  # columns
+                S = torch.exp(g[b, t, h]) * S @ (eye - beta[b, t, h] * kt @ kt.T) + beta[b, t, h] * vt @ kt.T
+                out[b, t, h] = S @ (scale * q[b, t, h])
+            finals[b, h] = S.T
+    return out, finals
+
+
+@pytest.mark.parametrize("T", [1, 17, 63])
+def test_recurrent_matches_paper_form(T: int) -> None:
+    inp = make_inputs(2, T)
+    h0 = torch.randn(2, H, K, V, dtype=torch.float64)
+    o, final = gated_delta_rule_recurrent(**inp, initial_state=h0, return_final_state=True)
+    o_ref, final_ref = paper_form(**inp, initial_state=h0)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
+    o2, _ = gated_delta_rule_recurrent(**inp, scale=0.7)
+    torch.testing.assert_close(o2, paper_form(**inp, scale=0.7)[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 17, 63])
+@pytest.mark.parametrize("chunk", [1, 4, 16, 64])
+def test_chunked_matches_recurrent(T: int, chunk: int) -> None:
+    inp = make_inputs(2, T)
+    h0 = torch.randn(2, H, K, V, dtype=torch.float64)
+    o, final = gated_delta_rule_chunked(**inp, chunk_size=chunk, initial_state=h0, return_final_state=True)
+    o_ref, final_ref = gated_delta_rule_recurrent(**inp, initial_state=h0, return_final_state=True)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_strong_decay_stays_finite() -> None:
+    inp = make_inputs(1, 40, decay=60.0)  # log-decays down to -60 per step
+    o, final = gated_delta_rule_chunked(**inp, chunk_size=16, return_final_state=True)
+    o_ref, final_ref = gated_delta_rule_recurrent(**inp, return_final_state=True)
+    assert torch.isfinite(o).all() and torch.isfinite(final).all()
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    compare_grads(
+        lambda **kw: gated_delta_rule_chunked(**kw, chunk_size=16),
+        lambda **kw: gated_delta_rule_recurrent(**kw),
+        inp,
+        tol=1e-8,
+    )
+
+
+@pytest.mark.parametrize("impl", ["chunked", "recurrent"])
+@pytest.mark.parametrize("split", [(1, 1), (7, 1, 12), (20, 43)])
+def test_state_continuation(impl: str, split: tuple[int, ...]) -> None:
+    T = sum(split)
+    inp = make_inputs(2, T)
+    full, full_final = gated_delta_rule(**inp, chunk_size=8, return_final_state=True, impl=impl)
+    state, start, pieces = None, 0, []
+    for n in split:
+        part = {name: t[:, start : start + n] for name, t in inp.items()}
+        o, state = gated_delta_rule(**part, chunk_size=8, initial_state=state, return_final_state=True, impl=impl)
+        pieces.append(o)
+        start += n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, full_final, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "recurrent"])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_varlen_equals_documents(impl: str, with_state: bool) -> None:
+    lengths = [5, 1, 13, 9]
+    inp = make_inputs(1, sum(lengths))
+    h0 = torch.randn(len(lengths), H, K, V, dtype=torch.float64) if with_state else None
+    o, final = gated_delta_rule(
+        **inp, chunk_size=4, initial_state=h0, cu_seqlens=split_cu(lengths), return_final_state=True, impl=impl
+    )
+    assert torch.isfinite(o).all() and torch.isfinite(final).all()  # the chunked path NaN-poisons its outputs
+    other = "recurrent" if impl == "chunked" else "chunked"
+    start = 0
+    for i, n in enumerate(lengths):
+        part = {name: t[:, start : start + n] for name, t in inp.items()}
+        s = None if h0 is None else h0[i : i + 1]
+        o_doc, f_doc = gated_delta_rule(**part, chunk_size=4, initial_state=s, return_final_state=True, impl=other)
+        torch.testing.assert_close(o[:, start : start + n], o_doc, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(final[i : i + 1], f_doc, rtol=1e-10, atol=1e-10)
+        start += n
+
+
+@pytest.mark.parametrize("T", [1, 63])
+def test_gradients_chunked_match_recurrent(T: int) -> None:
+    inp = make_inputs(2, T)
+    inp["initial_state"] = torch.randn(2, H, K, V, dtype=torch.float64)
+    compare_grads(
+        lambda **kw: gated_delta_rule_chunked(**kw, chunk_size=16, return_final_state=True),
+        lambda **kw: gated_delta_rule_recurrent(**kw, return_final_state=True),
+        inp,
+        tol=1e-9,
+    )
+
+
+def test_gradients_varlen() -> None:
+    lengths = [6, 1, 10]
+    inp = make_inputs(1, sum(lengths))
+    cu = split_cu(lengths)
+    compare_grads(
+        lambda **kw: gated_delta_rule_chunked(**kw, chunk_size=4, cu_seqlens=cu, return_final_state=True),
+        lambda **kw: gated_delta_rule_recurrent(**kw, cu_seqlens=cu, return_final_state=True),
+        inp,
+        tol=1e-9,
+    )
+
+
+def test_low_precision_input_keeps_fp32_math() -> None:
+    inp = make_inputs(2, 50, dtype=torch.float32)
+    low = {name: t.bfloat16() for name, t in inp.items()}
+    o, final = gated_delta_rule_chunked(**low, chunk_size=16, return_final_state=True)
+    assert o.dtype == torch.bfloat16 and final.dtype == torch.float32
+    o_ref, _ = gated_delta_rule_recurrent(**{name: t.double() for name, t in low.items()})
+    assert rel_err(o, o_ref) < 1e-2
+
+
+def test_errors() -> None:
+    inp = make_inputs(2, 5)
+    with pytest.raises(ValueError, match="shapes"):
+        gated_delta_rule(**{**inp, "k": inp["k"][..., :2]})
+    with pytest.raises(ValueError, match="initial_state"):
+        gated_delta_rule(**inp, initial_state=torch.zeros(2, H, V, K, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch size 1"):
+        gated_delta_rule(**inp, cu_seqlens=split_cu([2, 3]))
+
+
+def test_fp32_math_under_autocast() -> None:
+    inp = make_inputs(2, 40, dtype=torch.float32)
+    o_ref, _ = gated_delta_rule(**inp, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, _ = gated_delta_rule(**inp, chunk_size=16)
+    assert o.dtype == torch.float32 and rel_err(o, o_ref) < 1e-6

@@ -1,0 +1,160 @@
+"""Mamba-2 SSD: recurrence vs an independent quadratic form, chunked vs recurrent (values and gradients), states,
+varlen, awkward sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_helpers import compare_grads, rel_err, split_cu
+
+from archscale.kernels.ssd import ssd, ssd_chunked, ssd_recurrent
+
+H, P, G, N = 4, 3, 2, 5
+
+
+def make_inputs(Bsz: int, T: int, dtype: torch.dtype = torch.float64, decay: float = 1.0) -> dict[str, torch.Tensor]:
+    return {
+        "x": torch.randn(Bsz, T, H, P, dtype=dtype),
+        "dt": torch.rand(Bsz, T, H, dtype=dtype) * decay + 0.01,
+        "A": -(torch.rand(H, dtype=dtype) * 2 + 0.1),
+        "B": torch.randn(Bsz, T, G, N, dtype=dtype),
+        "C": torch.randn(Bsz, T, G, N, dtype=dtype),
+        "D": torch.randn(H, dtype=dtype),
+    }
+
+
+def quadratic_form(x, dt, A, B, C, D, h0=None):  # noqa: ANN001, ANN201
+    """The SSD "attention" form over the whole sequence (float64): M_tj = (C_t·B_j) exp(A Σ_{j<s≤t} dt_s) dt_j for
+    j ≤ t, y = M x + D x, plus the initial state read as C_t exp(A Σ_{s≤t} dt_s) h0, one head at a time."""
+    Bsz, T = x.shape[:2]
+    ys = []
+    for h in range(H):
+        g = h // (H // G)
+        cum = torch.cumsum(dt[:, :, h] * A[h], dim=1)  # (B, T)
+        seg = cum[:, :, None] - cum[:, None, :]  # (B, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        M = (C[:, :, g] @ B[:, :, g].transpose(1, 2)) * torch.where(mask, seg, -torch.inf).exp() * dt[:, None, :, h]
+        y = M @ x[:, :, h] + D[h] * x[:, :, h]  # (B, T, P)
+        if h0 is not None:
+            y = y + torch.exp(cum)[..., None] * (C[:, :, g] @ h0[:, h].transpose(1, 2))
+        ys.append(y)
+    return torch.stack(ys, dim=2)
+
+
+@pytest.mark.parametrize("T", [1, 17, 63])
+def test_recurrent_matches_quadratic_form(T: int) -> None:
+    inp = make_inputs(2, T)
+    h0 = torch.randn(2, H, P, N, dtype=torch.float64)
+    y, final = ssd_recurrent(**inp, initial_state=h0, return_final_state=True)
+    torch.testing.assert_close(y, quadratic_form(**inp, h0=h0), rtol=1e-10, atol=1e-10)
+    assert final.shape == (2, H, P, N)
+
+
+@pytest.mark.parametrize("T", [1, 17, 63])
+@pytest.mark.parametrize("chunk", [1, 4, 16, 256])
+def test_chunked_matches_recurrent(T: int, chunk: int) -> None:
+    inp = make_inputs(2, T)
+    h0 = torch.randn(2, H, P, N, dtype=torch.float64)
+    y, final = ssd_chunked(**inp, chunk_size=chunk, initial_state=h0, return_final_state=True)
+    y_ref, final_ref = ssd_recurrent(**inp, initial_state=h0, return_final_state=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_strong_decay_stays_finite() -> None:
+    # dt·A down to about -60 per step: exp(cumsum) underflows inside a chunk; masked exps must not overflow.
+    inp = make_inputs(1, 40, decay=30.0)
+    y, final = ssd_chunked(**inp, chunk_size=16, return_final_state=True)
+    y_ref, final_ref = ssd_recurrent(**inp, return_final_state=True)
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    compare_grads(
+        lambda **kw: ssd_chunked(**kw, chunk_size=16), lambda **kw: ssd_recurrent(**kw), inp, tol=1e-8
+    )
+
+
+@pytest.mark.parametrize("impl", ["chunked", "recurrent"])
+@pytest.mark.parametrize("split", [(1, 1), (7, 1, 12), (20, 43)])
+def test_state_continuation(impl: str, split: tuple[int, ...]) -> None:
+    T = sum(split)
+    inp = make_inputs(2, T)
+    full, full_final = ssd(**inp, chunk_size=8, return_final_state=True, impl=impl)
+    state, start, pieces = None, 0, []
+    for n in split:
+        part = {k: (v[:, start : start + n] if v.dim() > 1 else v) for k, v in inp.items()}
+        y, state = ssd(**part, chunk_size=8, initial_state=state, return_final_state=True, impl=impl)
+        pieces.append(y)
+        start += n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, full_final, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "recurrent"])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_varlen_equals_documents(impl: str, with_state: bool) -> None:
+    lengths = [5, 1, 13, 9]
+    inp = make_inputs(1, sum(lengths))
+    h0 = torch.randn(len(lengths), H, P, N, dtype=torch.float64) if with_state else None
+    y, final = ssd(**inp, chunk_size=4, initial_state=h0, cu_seqlens=split_cu(lengths), return_final_state=True,
+                   impl=impl)
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()  # the chunked path NaN-poisons its outputs
+    start = 0
+    for i, n in enumerate(lengths):
+        part = {k: (v[:, start : start + n] if v.dim() > 1 else v) for k, v in inp.items()}
+        s = None if h0 is None else h0[i : i + 1]
+        # The other implementation on the document alone: varlen of one form is checked against the other.
+        other = "recurrent" if impl == "chunked" else "chunked"
+        y_doc, f_doc = ssd(**part, chunk_size=4, initial_state=s, return_final_state=True, impl=other)
+        torch.testing.assert_close(y[:, start : start + n], y_doc, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(final[i : i + 1], f_doc, rtol=1e-10, atol=1e-10)
+        start += n
+
+
+@pytest.mark.parametrize("T", [1, 63])
+def test_gradients_chunked_match_recurrent(T: int) -> None:
+    inp = make_inputs(2, T)
+    inp["initial_state"] = torch.randn(2, H, P, N, dtype=torch.float64)
+    compare_grads(
+        lambda **kw: ssd_chunked(**kw, chunk_size=16, return_final_state=True),
+        lambda **kw: ssd_recurrent(**kw, return_final_state=True),
+        inp,
+        tol=1e-9,
+    )
+
+
+def test_gradients_varlen() -> None:
+    lengths = [6, 1, 10]
+    inp = make_inputs(1, sum(lengths))
+    cu = split_cu(lengths)
+    compare_grads(
+        lambda **kw: ssd_chunked(**kw, chunk_size=4, cu_seqlens=cu, return_final_state=True),
+        lambda **kw: ssd_recurrent(**kw, cu_seqlens=cu, return_final_state=True),
+        inp,
+        tol=1e-9,
+    )
+
+
+def test_low_precision_input_keeps_fp32_math() -> None:
+    inp = make_inputs(2, 50, dtype=torch.float32)
+    low = {k: v.bfloat16() for k, v in inp.items()}
+    y, final = ssd_chunked(**low, chunk_size=16, return_final_state=True)
+    assert y.dtype == torch.bfloat16 and final.dtype == torch.float32
+    assert rel_err(y, quadratic_form(**{k: v.double() for k, v in low.items()})) < 1e-2
+
+
+def test_errors() -> None:
+    inp = make_inputs(2, 5)
+    with pytest.raises(ValueError, match="shapes"):
+        ssd(**{**inp, "B": inp["B"][:, :, :1].expand(2, 5, 3, N)})  # 3 groups do not divide 4 heads
+    with pytest.raises(ValueError, match="initial_state"):
+        ssd(**inp, initial_state=torch.zeros(2, H, N, P, dtype=torch.float64))
+    with pytest.raises(ValueError, match="impl"):
+        ssd(**inp, impl="triton")  # type: ignore[arg-type]
+
+
+def test_fp32_math_under_autocast() -> None:
+    inp = make_inputs(2, 40, dtype=torch.float32)
+    y_ref, _ = ssd(**inp, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = ssd(**inp, chunk_size=16)
+    assert y.dtype == torch.float32 and rel_err(y, y_ref) < 1e-6
