@@ -1,7 +1,8 @@
 """The ``archscale`` command line: thin verbs over the public functions.
 
     archscale train [RECIPE] [--set key=value ...] [--out DIR]
-    archscale resolve [RECIPE] [--set ...] [--world-size N] [--json]
+    archscale resolve [RECIPE] [--set ...] [--world-size N] [--json] [--depths 8,12,16]
+    archscale sweep | fit | coord-check ...   (archscale/scaling/cli.py)
     archscale list [KIND] [--all]
     archscale data prepare|train-tokenizer|inspect ...
     archscale generate RUN_DIR --prompt TEXT
@@ -103,6 +104,15 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     from archscale.recipe import resolve
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.depths:
+        from archscale.scaling.sweep import depth_table, resolve_depths
+
+        if args.json:
+            print(json.dumps([r.model_dump(mode="json") for r in resolve_depths(recipe, args.depths, args.world_size)]))
+        else:
+            print(f"recipe: {recipe.name}   architecture: {recipe.model.name}   world size: {args.world_size}")
+            print(depth_table(recipe, args.depths, args.world_size))
+        return 0
     resolved = resolve(recipe, world_size=args.world_size)
     if args.json:
         print(resolved.to_json())
@@ -177,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--world-size", type=int, default=1, help="number of data-parallel processes (default 1)")
     p.add_argument("--json", action="store_true", help="print the ResolvedRecipe as JSON")
+    p.add_argument("--depths", type=lambda t: [int(x) for x in t.split(",") if x.strip()], default=None,
+                   help="resolve at each depth (model.params.depth) into one table, e.g. 8,12,16,20,24")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("list", help="list registered components and where they come from")
@@ -198,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     from archscale.data.cli import add_subparser as add_data
 
     add_data(sub)
+    from archscale.scaling.cli import add_subparser as add_scaling  # sweep, fit, coord-check
+
+    add_scaling(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from archscale import registry as reg
 from archscale.data.config import DataConfig
+from archscale.scaling.laws import BaseHyperparams
 
 __all__ = [
     "Recipe",
@@ -30,6 +31,9 @@ __all__ = [
     "ScheduleSpec",
     "ParametrizationSpec",
     "BudgetSpec",
+    "ScalingSpec",
+    "ScalingLawSpec",
+    "BaseHyperparams",
     "SystemSpec",
     "Derived",
     "ResolvedRecipe",
@@ -120,7 +124,8 @@ class ScheduleSpec(ComponentSpec):
 
 
 class BudgetSpec(StrictModel):
-    """How much to train and in what batches. Exactly one of tokens, steps, tokens_per_param."""
+    """How much to train and in what batches. Exactly one of tokens, steps, tokens_per_param, unless a scaling
+    law sets the token budget (then none)."""
 
     tokens: int | None = Field(default=None, gt=0, description="Total training tokens.")
     steps: int | None = Field(default=None, gt=0, description="Total optimizer steps.")
@@ -136,14 +141,33 @@ class BudgetSpec(StrictModel):
     micro_batch_size: int = Field(default=8, gt=0, description="Sequences per device per forward/backward.")
 
     @model_validator(mode="after")
-    def _exactly_one_length(self) -> BudgetSpec:
-        given = [n for n in ("tokens", "steps", "tokens_per_param") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of tokens, steps, tokens_per_param (got {given or 'none'}); "
-                "e.g. --set budget.steps=100"
-            )
+    def _at_most_one_length(self) -> BudgetSpec:
+        if len(self.lengths()) > 1:
+            raise ValueError(_LENGTH_MESSAGE.format(got=self.lengths()))
         return self
+
+    def lengths(self) -> list[str]:
+        """Which of tokens, steps, tokens_per_param are given."""
+        return [n for n in ("tokens", "steps", "tokens_per_param") if getattr(self, n) is not None]
+
+
+_LENGTH_MESSAGE = "give exactly one of tokens, steps, tokens_per_param (got {got}); e.g. --set budget.steps=100"
+
+
+class ScalingLawSpec(ComponentSpec):
+    """A registered scaling law (``archscale list scaling_laws``) and its params."""
+
+    _registry = reg.scaling_laws
+
+
+class ScalingSpec(StrictModel):
+    """Base hyperparameters (tuned at the base depth; also the anchors of μP) and an optional scaling law that
+    transfers them to this recipe's depth (token budget, batch and LR correction, weight decay, warmup)."""
+
+    law: ScalingLawSpec | None = Field(
+        default=None, description="Registered scaling law, e.g. archscale_v1 or chinchilla; None = take budget, "
+        "optimizer.lr/weight_decay and warmup from their sections as given.")
+    base: BaseHyperparams = Field(default_factory=BaseHyperparams, description="d0, η0, b0, t0, ... (REFERENCE §4).")
 
 
 class SystemSpec(StrictModel):
@@ -151,7 +175,12 @@ class SystemSpec(StrictModel):
 
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available.")
     num_devices: int = Field(default=1, ge=1, description="Devices per node (processes launched by Fabric).")
-    strategy: Literal["auto", "ddp", "fsdp"] = Field(default="auto", description="Data-parallel strategy.")
+    num_nodes: int = Field(default=1, ge=1, description="Nodes (launch one process per device with torchrun).")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto", description="auto = single device, or DDP with several; fsdp = FSDP2 (sharded)."
+    )
+    hsdp_replicas: int = Field(default=1, ge=1, description="FSDP2 only: replicate across this many shard groups.")
+    dist_timeout_s: float = Field(default=1800.0, gt=0, description="Seconds a collective may wait for a rank.")
     precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true"] = Field(
         default="auto", description="auto = bf16-mixed on CUDA, 32-true on CPU."
     )
@@ -182,6 +211,7 @@ class Recipe(StrictModel):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     budget: BudgetSpec = Field(description="Training length and batch size.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Base hyperparameters and scaling law.")
     system: SystemSpec = Field(default_factory=SystemSpec)
 
     @field_validator("name")
@@ -190,6 +220,14 @@ class Recipe(StrictModel):
         if not v or any(c in v for c in "/\\\0") or v in (".", ".."):
             raise ValueError(f"name {v!r} must be a non-empty label without path separators")
         return v
+
+    @model_validator(mode="after")
+    def _budget_length(self) -> Recipe:
+        # Without a scaling law the budget section must say how long to train (with one, resolve checks that
+        # the law and the budget do not both set it).
+        if self.scaling.law is None and not self.budget.lengths():
+            raise ValueError("budget: " + _LENGTH_MESSAGE.format(got="none") + ", or set a scaling law")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -336,11 +374,15 @@ def _fmt(v: Any) -> str:
 def resolve(recipe: Recipe, world_size: int = 1) -> ResolvedRecipe:
     """Derive every number of a run, each with its rule (see the module docstring).
 
-    Steps: (1) architecture → sizes; (2) parameter counts by convention; (3) FLOPs/token; (4) batch rounding and
-    gradient accumulation; (5) token budget and steps; (6) warmup; (7) per-role LR and weight decay from the
-    parametrization; (8) init and forward multipliers.
+    Steps: (1) architecture → sizes, and the parametrization's forward multipliers; (2) parameter counts by
+    convention; (3) FLOPs/token; (4) batch rounding and gradient accumulation; (5) token budget and steps;
+    (6) warmup; (7) global LR and weight decay (from the scaling law, else the optimizer section), then per-role
+    multipliers of the parametrization; (8) init and forward multipliers. A scaling law (``recipe.scaling.law``)
+    decides steps 4-7 from the base hyperparameters (:mod:`archscale.scaling.laws`).
     """
     from archscale.scaling.counting import count_params, training_flops_per_token  # heavy: imports torch
+    from archscale.scaling.laws import TransferQuery
+    from archscale.scaling.parametrization import parametrize
 
     if world_size < 1:
         raise RecipeError(f"world_size must be ≥ 1, got {world_size}")
@@ -349,13 +391,24 @@ def resolve(recipe: Recipe, world_size: int = 1) -> ResolvedRecipe:
     def put(key: str, value: Any, rule: str) -> None:
         out[key] = Derived(value=value, rule=rule)
 
-    # 1. Architecture.
-    spec = recipe.model.entry()(recipe.model.config())
+    # 1. Architecture, with the parametrization's forward multipliers (the spec the model is built from).
+    try:
+        p = parametrize(recipe)
+    except ValueError as exc:
+        raise RecipeError(f"parametrization '{recipe.parametrization.name}': {exc}") from None
+    spec, ctx = p.spec, p.context
+    n_layer = spec.n_layers
     seq_len = recipe.data.seq_len
-    put("n_layer", len(spec.layers), f"architecture '{recipe.model.name}'")
+    put("n_layer", n_layer, f"architecture '{recipe.model.name}'")
     put("n_embd", spec.n_embd, f"architecture '{recipe.model.name}'")
     put("vocab_size", spec.vocab_size, "model params")
     put("seq_len", seq_len, "data.seq_len")
+    put("parametrization", recipe.parametrization.name, "parametrization.name")
+    if recipe.parametrization.name != "sp" or recipe.scaling.law is not None:
+        base = recipe.scaling.base
+        put("base_depth", base.depth, "scaling.base.depth (d0)")
+        put("base_width", ctx.base_width, "scaling.base.width" if base.width is not None else
+            "n_embd · d0/L (width ∝ depth)")
 
     # 2. Parameter counts under each convention (they differ by the embedding and head).
     counts = count_params(spec)
@@ -369,28 +422,67 @@ def resolve(recipe: Recipe, world_size: int = 1) -> ResolvedRecipe:
     flops_tok = training_flops_per_token(spec, seq_len, attention="causal")
     put("train_flops_per_token", flops_tok, "3 × forward (2 × matmul params + causal attention at seq_len)")
 
-    # 4. Batch: whole micro-batches on every device; accumulation makes up the rest.
+    # The scaling law (if any) answers steps 4-7 at once.
     b = recipe.budget
     per_pass = world_size * b.micro_batch_size * seq_len
-    accum = max(1, round(b.global_batch_tokens / per_pass))
-    batch_tokens = accum * per_pass
+    transfer = None
+    if recipe.scaling.law is not None:
+        law = recipe.scaling.law
+        put("scaling_law", law.name, "scaling.law.name")
+        query = TransferQuery(
+            base=recipe.scaling.base,
+            depth=n_layer,
+            n_params=_params_at_depth(recipe, counts, n_layer),
+            batch_multiple=per_pass,
+            budget_batch_tokens=b.global_batch_tokens,
+        )
+        try:
+            transfer = law.entry()(law.config())(query)
+        except ValueError as exc:
+            raise RecipeError(f"scaling law '{law.name}': {exc}") from None
+
+    # 4. Batch: whole micro-batches on every device; accumulation makes up the rest.
     put("micro_batch_size", b.micro_batch_size, "budget.micro_batch_size")
-    put("grad_accum_steps", accum, f"round(global_batch_tokens {b.global_batch_tokens} / (world {world_size} × "
-        f"micro {b.micro_batch_size} × seq_len {seq_len}))")
-    put("global_batch_tokens", batch_tokens, "grad_accum × world × micro × seq_len")
+    if transfer is not None:
+        batch_tokens = int(transfer.batch_tokens.value)
+        if batch_tokens % per_pass:
+            raise RecipeError(f"scaling law '{recipe.scaling.law.name}' gave a batch of {batch_tokens} tokens, not a "  # type: ignore[union-attr]
+                              f"multiple of world × micro × seq_len = {per_pass}")
+        accum = batch_tokens // per_pass
+        put("grad_accum_steps", accum, f"global_batch_tokens / (world {world_size} × micro {b.micro_batch_size} × "
+            f"seq_len {seq_len})")
+        put("global_batch_tokens", batch_tokens, transfer.batch_tokens.rule)
+    else:
+        accum = max(1, round(b.global_batch_tokens / per_pass))
+        batch_tokens = accum * per_pass
+        put("grad_accum_steps", accum, f"round(global_batch_tokens {b.global_batch_tokens} / (world {world_size} × "
+            f"micro {b.micro_batch_size} × seq_len {seq_len}))")
+        put("global_batch_tokens", batch_tokens, "grad_accum × world × micro × seq_len")
 
     # 5. Budget.
-    if b.steps is not None:
+    if transfer is not None and transfer.tokens is not None:
+        if b.lengths():
+            raise RecipeError(
+                f"budget.{b.lengths()[0]} is set but scaling law '{recipe.scaling.law.name}' sets the token "  # type: ignore[union-attr]
+                "budget: remove it, or let the law take the budget section (e.g. --set "
+                "scaling.law.params.tokens=budget)"
+            )
+        steps = max(1, math.ceil(transfer.tokens.value / batch_tokens))
+        tokens = steps * batch_tokens
+        put("tokens", tokens, f"{transfer.tokens.rule}, rounded up to whole steps")
+    elif b.steps is not None:
         steps = b.steps
         tokens = steps * batch_tokens
         put("tokens", tokens, "steps × global_batch_tokens")
     else:
         if b.tokens is not None:
             want, rule = b.tokens, "budget.tokens"
-        else:
-            assert b.tokens_per_param is not None
+        elif b.tokens_per_param is not None:
             want = int(b.tokens_per_param * counts.n(b.param_convention))
             rule = f"tokens_per_param {b.tokens_per_param:g} × N_{b.param_convention}"
+        else:
+            raise RecipeError("budget: " + _LENGTH_MESSAGE.format(got="none") +
+                              f" (scaling law '{recipe.scaling.law.name}' takes the budget section)")  # type: ignore[union-attr]
         steps = max(1, math.ceil(want / batch_tokens))
         tokens = steps * batch_tokens
         put("tokens", tokens, f"{rule}, rounded up to whole steps")
@@ -400,7 +492,17 @@ def resolve(recipe: Recipe, world_size: int = 1) -> ResolvedRecipe:
 
     # 6. Warmup.
     s = recipe.schedule
-    if s.warmup_steps is not None:
+    given = [n for n in ("warmup_steps", "warmup_tokens", "warmup_fraction") if getattr(s, n) is not None]
+    if transfer is not None and transfer.warmup_tokens is not None:
+        if given:
+            raise RecipeError(
+                f"schedule.{given[0]} is set but scaling law '{recipe.scaling.law.name}' sets the warmup: remove "  # type: ignore[union-attr]
+                "it, or let the law take the schedule's warmup (--set scaling.law.params.warmup=schedule)"
+            )
+        warm = math.ceil(transfer.warmup_tokens.value / batch_tokens)
+        rule = (f"ceil(warmup tokens {transfer.warmup_tokens.value:.4g} / global_batch_tokens); "
+                f"{transfer.warmup_tokens.rule}")
+    elif s.warmup_steps is not None:
         warm, rule = s.warmup_steps, "schedule.warmup_steps"
     elif s.warmup_tokens is not None:
         warm, rule = math.ceil(s.warmup_tokens / batch_tokens), "ceil(schedule.warmup_tokens / global_batch_tokens)"
@@ -415,23 +517,55 @@ def resolve(recipe: Recipe, world_size: int = 1) -> ResolvedRecipe:
     put("warmup_steps", warm, rule)
     put("schedule", s.name, "schedule.name")
 
-    # 7. Per-role learning rate and weight decay.
-    param = recipe.parametrization.entry()(recipe.parametrization.config())
-    lr_mult = param.lr_multipliers(len(spec.layers))
-    wd_mult = param.weight_decay_multipliers(len(spec.layers))
+    # 7. Learning rate and weight decay: global values, then the parametrization's per-role multipliers.
     opt = recipe.optimizer
+    if transfer is not None:
+        lr, lr_rule = transfer.lr.value, transfer.lr.rule + "; optimizer.lr is not used"
+        wd, wd_rule = transfer.weight_decay.value, transfer.weight_decay.rule + "; optimizer.weight_decay is not used"
+    else:
+        lr, lr_rule = opt.lr, "optimizer.lr"
+        wd, wd_rule = opt.weight_decay, "optimizer.weight_decay"
+    put("lr", lr, lr_rule)
+    put("weight_decay", wd, wd_rule)
+    lr_mult = p.parametrization.lr_multipliers(ctx)
+    wd_mult = p.parametrization.weight_decay_multipliers(ctx)
     for role in ("embedding", "head", "matrix", "vector"):
-        put(f"lr_{role}", opt.lr * lr_mult[role].value, f"optimizer.lr × {lr_mult[role].value:g} ({lr_mult[role].rule})")
-        put(
-            f"wd_{role}",
-            opt.weight_decay * wd_mult[role].value,
-            f"optimizer.weight_decay × {wd_mult[role].value:g} ({wd_mult[role].rule})",
-        )
+        put(f"lr_{role}", lr * lr_mult[role].value, f"lr × {lr_mult[role].rule} = lr × {lr_mult[role].value:.4g}")
+        put(f"wd_{role}", wd * wd_mult[role].value,
+            f"weight_decay × {wd_mult[role].rule} = weight_decay × {wd_mult[role].value:g}")
 
-    # 8. Init and forward multipliers (as the built model will apply them).
-    n_layer = len(spec.layers)
-    put("init_std", spec.init_std, "LMSpec.init_std")
-    put("init_std_out_proj", spec.init_std / math.sqrt(2 * n_layer), "init_std / √(2L) on residual output projections")
-    put("logit_multiplier", spec.logit_multiplier, "LMSpec.logit_multiplier")
-    put("residual_multiplier", spec.residual_multiplier, "LMSpec.residual_multiplier")
+    # 8. Init and forward multipliers (as the built model applies them).
+    put("init_std", spec.init_std, "LMSpec.init_std (SP normal init)")
+    for kind, r in p.parametrization.init_stds(spec, ctx).items():
+        put(f"init_std_{kind}", r.value, r.rule)
+    rules = p.forward
+    put("logit_multiplier", spec.logit_multiplier,
+        rules["logit_multiplier"].rule if "logit_multiplier" in rules else "LMSpec.logit_multiplier")
+    put("residual_multiplier", spec.residual_multiplier,
+        rules["residual_multiplier"].rule if "residual_multiplier" in rules else "LMSpec.residual_multiplier")
+    if len(ctx.head_dims) == 1:  # one softmax-attention head dim: one scale
+        hd = next(iter(ctx.head_dims))
+        scale = spec.attn_scale if spec.attn_scale is not None else hd**-0.5
+        put("attn_scale", scale, rules["attn_scale"].rule if "attn_scale" in rules else f"1/√head_dim (head_dim {hd})")
     return ResolvedRecipe(recipe=recipe, world_size=world_size, values=out)
+
+
+def _params_at_depth(recipe: Recipe, counts: Any, n_layer: int) -> Any:
+    """N(depth, convention) of the recipe's architecture with only its ``depth`` changed (cached)."""
+    from archscale.scaling.counting import count_params
+
+    cache: dict[int, Any] = {n_layer: counts}
+
+    def n_params(depth: int, convention: str) -> int:
+        if depth not in cache:
+            config = recipe.model.config()
+            if "depth" not in type(config).model_fields:
+                raise ValueError(
+                    f"architecture '{recipe.model.name}' has no depth parameter, so the parameter count at the base "
+                    "depth is unknown; use a token rule that does not need it (e.g. tokens='budget')"
+                )
+            other = type(config).model_validate({**config.model_dump(exclude_unset=True), "depth": depth})
+            cache[depth] = count_params(recipe.model.entry()(other))
+        return int(cache[depth].n(convention))
+
+    return n_params

@@ -53,3 +53,21 @@ def smoke() -> Recipe:
             "system": base.system.model_copy(update={"val_every": 10, "checkpoint_every": 10, "log_every": 5}),
         }
     )
+
+
+@recipes.register("archscale_v1")
+def archscale_v1() -> Recipe:
+    """ArchScale v1 scaling setup (REFERENCE §4): Transformer++ d16 under μP++ with the v1 depth-transfer law
+    (η0 = 4e-4, b0 = 2²¹ tokens, t0 = 1e11 tokens at d0 = 16). Change depth or family with
+    ``--set model.params.depth=8`` / ``--set model.name=sambay``, or ``archscale resolve archscale_v1 --depths
+    8,12,16,20,24``. Needs real data (``data.sources``) and GPUs to train."""
+    return Recipe(
+        name="archscale_v1",
+        model={"name": "transformer", "params": {"depth": 16}},
+        data={"seq_len": 4096},
+        parametrization="mup++",
+        optimizer={"name": "adamw"},
+        schedule={"name": "linear"},
+        budget={"micro_batch_size": 2},
+        scaling={"law": "archscale_v1"},
+    )

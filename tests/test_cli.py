@@ -65,7 +65,7 @@ def test_recipe_from_python_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     [
         (["resolve", "defualt"], "Unknown recipe 'defualt'. Did you mean: default?"),
         (["resolve", "--set", "optimizer.learning_rate=1"], "optimizer has no field 'learning_rate'"),
-        (["resolve", "--set", "model.name=transfomer"], "Unknown architecture 'transfomer'. Did you mean: transformer?"),
+        (["resolve", "--set", "model.name=transfomer"], "Unknown architecture 'transfomer'. Did you mean: transformer"),
         (["resolve", "--set", "budget.steps=-3"], "budget.steps: Input should be greater than 0"),
         (["resolve", "nope.py:f"], "Recipe file not found: nope.py"),
         (["list", "widgets"], "Unknown registry 'widgets'"),

@@ -73,7 +73,7 @@ def test_unknown_registry_name_lists_close_matches() -> None:
     data = default().model_dump(mode="json")
     data["model"]["name"] = "transfomer"
     msg = recipe_error(data)
-    assert "Unknown architecture 'transfomer'. Did you mean: transformer?" in msg
+    assert "Unknown architecture 'transfomer'. Did you mean: transformer" in msg
     data = default().model_dump(mode="json")
     data["schedule"]["name"] = "cosin"
     assert "Unknown schedule 'cosin'. Did you mean: cosine?" in recipe_error(data)

@@ -8,8 +8,8 @@ The per-group ``lr`` (peak; the schedule scales it) and ``weight_decay`` come fr
 only what is the same for every group. Each entry must refuse groups without ``lr`` / ``weight_decay`` rather than
 fall back to torch's defaults (1e-3 / 1e-2), which would silently break μP/μP++ per-role LRs (REFERENCE.md §4).
 
-``muon`` (Muon on matrices, AdamW on the rest; REFERENCE.md §5) will register here too, reading each group's
-``"role"``; it is a later issue.
+``muon`` (Muon on matrices, AdamW on the rest; REFERENCE.md §5) is registered in ``muon.py``, reading each group's
+``"role"``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning_fabric import Fabric
 
 CHECKPOINT_DIR = "checkpoints"
@@ -77,6 +78,36 @@ def load_checkpoint(fabric: Fabric, path: Path, state: dict[str, Any]) -> dict[s
             f"Could not load checkpoint {path}: {type(exc).__name__}: {exc}. "
             "If it is damaged, delete it so that resume picks the previous one."
         ) from exc
+
+
+def consolidate_checkpoint(path: Path, out_file: Path) -> Path:
+    """Turn a distributed (FSDP2, one shard per rank) checkpoint directory into one ``torch.save`` file holding
+    the full model and optimizer state plus the run state (step, data position, ...); written atomically."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    path, out_file = Path(path), Path(out_file)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a distributed checkpoint directory (it is already a single file)")
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    dcp_to_torch_save(path, tmp)
+    merged = torch.load(tmp, map_location="cpu", weights_only=True)
+    meta = path / "meta.pt"  # Fabric keeps the non-tensor run state here
+    if meta.exists():
+        merged.update(torch.load(meta, map_location="cpu", weights_only=True))
+    torch.save(merged, tmp)
+    os.replace(tmp, out_file)
+    return out_file
+
+
+def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The full model state dict of a checkpoint file or distributed checkpoint directory (for inference)."""
+    path = Path(path)
+    if path.is_dir():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return torch.load(consolidate_checkpoint(path, Path(tmp) / "full.ckpt"), weights_only=True)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def _remove(path: Path) -> None:

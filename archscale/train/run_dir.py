@@ -42,12 +42,21 @@ def check_compatible(run_dir: Path, resolved: ResolvedRecipe) -> None:
     old = ResolvedRecipe.from_json(path.read_text())
     old_core = old.recipe.model_dump(mode="json", exclude={"system"})
     new_core = resolved.recipe.model_dump(mode="json", exclude={"system"})
-    if old_core != new_core or old.world_size != resolved.world_size:
-        diff = sorted(_diff(old_core, new_core)) or ["world_size"]
+    if old_core != new_core:
+        diff = sorted(_diff(old_core, new_core))
         raise RunDirError(
             f"{run_dir} holds a run of a different recipe (differs in: {', '.join(diff[:8])}). "
             "Choose another --out directory, or delete that one to start over."
         )
+    # Another world size is fine (the data stream and checkpoints are world-size independent) as long as the
+    # global batch, and so every step, stays the same.
+    for key in ("global_batch_tokens", "steps"):
+        if old[key] != resolved[key]:
+            raise RunDirError(
+                f"{run_dir} was trained with {key}={old[key]} (world size {old.world_size}); on world size "
+                f"{resolved.world_size} it would be {resolved[key]}. Adjust budget.micro_batch_size or the number "
+                "of devices so that they match."
+            )
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -140,19 +149,17 @@ def load_for_inference(run_dir: Path | str, checkpoint: str | Path | None = None
     import torch
 
     from archscale.data.tokenizers import load_tokenizer
-    from archscale.models.lm import build_model
-    from archscale.train.checkpoint import latest_checkpoint
+    from archscale.scaling.parametrization import build_model_for
+    from archscale.train.checkpoint import latest_checkpoint, read_model_weights
 
     run_dir = Path(run_dir)
     resolved = read_resolved(run_dir)
     recipe = resolved.recipe
-    spec = recipe.model.entry()(recipe.model.config())
-    model = build_model(spec)
+    model = build_model_for(recipe)  # the parametrization's forward multipliers are part of the model
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ckpt is None or not ckpt.exists():
         raise RunDirError(f"No checkpoint in {run_dir / 'checkpoints'}; train first or pass --checkpoint")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(read_model_weights(ckpt))
     model.eval()
     if torch.cuda.is_available():
         model = model.cuda()

@@ -22,6 +22,7 @@ from lightning_fabric import Fabric
 
 from archscale.recipe import Recipe, ResolvedRecipe, resolve
 from archscale.train import checkpoint as ckpt
+from archscale.train.parallel import make_strategy, report_rank_failure, terminate_launched_children
 from archscale.train.metrics import ExternalLoggers, MetricsLog, ProgressLine, peak_flops, plot_loss_curve
 from archscale.train.run_dir import check_compatible, default_run_dir, write_run_files
 
@@ -53,8 +54,18 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- setup
     def fit(self) -> FitResult:
+        """Train to the end of the budget (resuming from the latest checkpoint when there is one)."""
+        self.fabric.launch()
+        try:
+            return self._fit()
+        except BaseException as exc:
+            # One failing rank must end the whole job, with the rank named, rather than leave others waiting.
+            report_rank_failure(self.fabric.global_rank, self.fabric.world_size, exc)
+            terminate_launched_children(self.fabric)
+            raise
+
+    def _fit(self) -> FitResult:
         fabric = self.fabric
-        fabric.launch()
         recipe = self.recipe
         sysc = recipe.system
         resolved = resolve(recipe, world_size=fabric.world_size)
@@ -86,15 +97,21 @@ class Trainer:
         loggers = ExternalLoggers(sysc.loggers, self.run_dir, recipe.name, resolved.model_dump(mode="json"), rank0)
 
         # Model and optimizer.
-        from archscale.models.lm import build_model
+        from archscale.scaling.parametrization import build_model_for
         from archscale.optim.routing import build_param_groups
         from archscale.optim.schedules import lr_multiplier, make_lr_scheduler
 
-        spec = recipe.model.entry()(recipe.model.config())
         fabric.seed_everything(sysc.seed)
-        with fabric.init_module():
-            model = build_model(spec)
+        if sysc.strategy == "fsdp":
+            model = build_model_for(recipe)  # same initial weights on every rank, then sharded by setup_module
+        else:
+            with fabric.init_module():
+                model = build_model_for(recipe)  # init and multipliers of the parametrization
         roles = model.param_roles()
+        self.model = model
+        compile_model = sysc.compile if sysc.compile is not None else fabric.device.type == "cuda"
+        fmodel = fabric.setup_module(torch.compile(model) if compile_model else model)
+        # The optimizer is built after sharding: under FSDP2 the parameters are then DTensors (same names).
         groups = build_param_groups(
             model,
             roles,
@@ -109,15 +126,12 @@ class Trainer:
             warmup_steps=int(resolved["warmup_steps"]),
         )
         scheduler = make_lr_scheduler(optimizer, schedule)
-        self.model = model
-        compile_model = sysc.compile if sysc.compile is not None else fabric.device.type == "cuda"
-        fmodel = torch.compile(model) if compile_model else model
-        fmodel, optimizer = fabric.setup(fmodel, optimizer)
+        optimizer = fabric.setup_optimizers(optimizer)
 
         state: dict[str, Any] = {
             "model": model,
             "optimizer": optimizer,
-            "scheduler": scheduler,
+            "scheduler": {},  # plain state (Fabric's sharded save restores only modules and optimizers)
             "step": 0,
             "tokens": 0,
             "data": {},
@@ -127,6 +141,7 @@ class Trainer:
         metrics = MetricsLog(self.run_dir, enabled=rank0)
         if resume_from is not None:
             ckpt.load_checkpoint(fabric, resume_from, state)
+            scheduler.load_state_dict(state["scheduler"])
             data.train.load_state_dict(state["data"])
             _set_rng_state(state["rng"])
             start_step = int(state["step"])
@@ -233,6 +248,7 @@ class Trainer:
                     metrics.write(record)
                     loggers.log(record)
                 if done % sysc.checkpoint_every == 0 or (done == steps and sysc.save_final_checkpoint):
+                    state["scheduler"] = scheduler.state_dict()
                     state["data"] = data.train.state_dict()
                     state["rng"] = _get_rng_state()
                     t_save = time.perf_counter()
@@ -271,13 +287,14 @@ class Trainer:
         return path
 
     def _clip(self, model: Any, optimizer: Any) -> torch.Tensor:
+        """Clip to optimizer.grad_clip and return the global gradient norm (over all shards and ranks);
+        without clipping an infinite threshold still measures the norm the same way."""
         clip = self.recipe.optimizer.grad_clip
-        if clip is not None:
-            norm = self.fabric.clip_gradients(model, optimizer, max_norm=clip, error_if_nonfinite=False)
-            assert norm is not None
-            return norm.detach()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        max_norm = float("inf") if clip is None else clip
+        norm = self.fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
+        assert norm is not None
+        norm = norm.detach()
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     @torch.no_grad()
     def _validate(self, model: Any, data: Any, seq_info_from_eos: Any) -> float:
@@ -308,12 +325,16 @@ def _make_fabric(recipe: Recipe) -> Fabric:
     precision = s.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
-    strategy: Any = "auto"
-    if s.strategy == "ddp":
-        strategy = "ddp"
-    elif s.strategy == "fsdp":
-        raise NotImplementedError("system.strategy='fsdp' is not available yet; use 'ddp' or 'auto'")
-    return Fabric(accelerator=accelerator, devices=s.num_devices, strategy=strategy, precision=precision)
+    if s.strategy == "fsdp" and precision == "bf16-mixed":
+        precision = "bf16-true"  # FSDP2's MixedPrecisionPolicy does the casting (bf16 compute, fp32 reduction)
+    world = s.num_devices * s.num_nodes
+    strategy = make_strategy(
+        s.strategy, accelerator=accelerator, world_size=world, precision=precision, timeout_s=s.dist_timeout_s,
+        hsdp_replicas=s.hsdp_replicas,
+    )
+    return Fabric(
+        accelerator=accelerator, devices=s.num_devices, num_nodes=s.num_nodes, strategy=strategy, precision=precision
+    )
 
 
 def _device_names(fabric: Fabric) -> list[str]:

@@ -27,11 +27,19 @@ def write_pattern_data(directory: Path, prefix: str = "train", num_docs: int = 4
     return directory
 
 
-def tiny_recipe(data_dir: Path, out_dir: Path, **system: object) -> Recipe:
+TINY_MODELS = {
+    "transformer": {"depth": 2, "n_embd": 32, "n_head": 2, "head_dim": 16, "n_kv_head": 1, "vocab_size": VOCAB,
+                    "block_size": 32},
+    # SambaY at depth 4: Mamba, SWA, Mamba* (memory), full attention (shared K,V), GMU... with tiny widths.
+    "sambay": {"depth": 4, "n_embd": 32, "n_head": 2, "head_dim": 16, "n_kv_head": 1, "vocab_size": VOCAB,
+               "block_size": 32, "window": 8, "recurrent_params": {"d_state": 4}},
+}
+
+
+def tiny_recipe(data_dir: Path, out_dir: Path, arch: str = "transformer", **system: object) -> Recipe:
     return Recipe(
         name="tiny",
-        model={"name": "transformer", "params": {"depth": 2, "n_embd": 32, "n_head": 2, "head_dim": 16,
-                                                 "n_kv_head": 1, "vocab_size": VOCAB, "block_size": 32}},
+        model={"name": arch, "params": TINY_MODELS[arch]},
         data={"seq_len": 32, "sources": {str(data_dir): 1.0}, "eos_id": EOS, "val_fraction": 0.1},
         optimizer={"name": "adamw", "lr": 1e-2},
         schedule={"name": "linear", "warmup_steps": 2},
