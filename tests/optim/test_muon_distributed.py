@@ -117,6 +117,9 @@ def _worker(rank: int, port: int, path: str) -> None:
         results = {f"{k}/{m}/{h}": train(k, m, h, rank, WORLD) for k, m, h in CASES}
         if rank == 0:
             torch.save(results, path)
+        # Both ranks leave together: tearing gloo down while the other rank still communicates can abort
+        # ("terminate called without an active exception") on a loaded machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
