@@ -97,3 +97,25 @@ def test_failure_on_one_rank_ends_the_job_and_names_the_rank(pattern_data: Path,
         assert proc.returncode != 0
         assert f"rank {rank}/2 failed: RuntimeError: injected failure at step 3" in proc.stderr
         assert elapsed < 100, f"the job took {elapsed:.0f} s to end: a surviving rank waited"
+
+
+def test_torchrun_launch_of_the_cli_matches_one_process(
+    pattern_data: Path, tmp_path: Path, single_losses: dict[str, list[float]]
+) -> None:
+    """`torchrun ... -m archscale train` (the cluster launch path): Fabric joins the processes torchrun started."""
+    recipe_file = tmp_path / "recipe.py"
+    recipe_file.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "from pathlib import Path\n"
+        "from tiny_run import tiny_recipe\n"
+        f"def tiny():\n    return tiny_recipe(Path({str(pattern_data)!r}), Path({str(tmp_path / 'run')!r}))\n"
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "-m", "archscale", "train", f"{recipe_file}:tiny",
+         "--set", "system.num_devices=2", "--set", "system.strategy=ddp", "--set", "budget.steps=8"],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / "run") == pytest.approx(single_losses["transformer"], rel=1e-5, abs=1e-6)
