@@ -73,7 +73,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     events = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
     for i in range(args.warmup + args.steps):
         events[0].record()
-        loss = fwd_bwd()
+        for _ in range(args.accum):  # gradient accumulation: the optimizer runs once per `accum` passes
+            loss = fwd_bwd()
         events[1].record()
         opt.step()
         events[2].record()
@@ -92,7 +93,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     med = {k: statistics.median(v) for k, v in times.items() if v}
     fb, o = med["fwd_bwd"], med["opt"]
     muon_ms = o - med["inner_adamw"] if "inner_adamw" in med else 0.0
-    tokens = args.batch * args.seq_len
+    tokens = args.batch * args.seq_len * args.accum  # per optimizer step
     accum = max(1, args.projected_batch_tokens // tokens)
     out = {
         "optimizer": name,
@@ -101,6 +102,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         "depth": args.depth,
         "batch": args.batch,
         "seq_len": args.seq_len,
+        "accum": args.accum,
+        "tokens_per_step": tokens,
         "params": sum(p.numel() for p in model.parameters()),
         "fwd_bwd_ms": round(fb, 2),
         "opt_ms": round(o, 2),
@@ -147,6 +150,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--accum", type=int, default=1, help="micro-batches accumulated per optimizer step (measured)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--optimizers", default="adamw,muon")
     p.add_argument("--ns-coefficients", default="quintic", choices=["quintic", "head"])
