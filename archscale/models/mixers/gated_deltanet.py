@@ -44,7 +44,13 @@ from archscale.kernels.varlen import compute_dtype
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.gated_norm import GatedRMSNorm
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext
-from archscale.models.mixers.recurrent import RecurrentState, chunk_costs, init_dt_bias_, init_uniform_A_log_
+from archscale.models.mixers.recurrent import (
+    RecurrentState,
+    chunk_costs,
+    init_dt_bias_,
+    init_uniform_A_log_,
+    split_state,
+)
 from archscale.registry import mixers
 
 
@@ -135,10 +141,7 @@ class GatedDeltaNet(Mixer):
         shared: CrossLayer | None = None,
     ) -> tuple[torch.Tensor, RecurrentState | None]:
         cfg: GatedDeltaNetConfig = self.config  # type: ignore[assignment]
-        if state is not None and seq.is_varlen:
-            raise ValueError("gdn: a recurrent state cannot be combined with a packed varlen batch (cu_seqlens)")
-        conv_state, ssm_state = (None, None) if state is None else state
-        want_state = not seq.is_varlen
+        conv_state, ssm_state, want_state = split_state("gdn", state, seq)
         Bsz, T, _ = x.shape
         H, K, V = self.n_head, self.head_k, self.head_v
 

@@ -38,7 +38,12 @@ from archscale.kernels.short_conv import short_conv
 from archscale.kernels.varlen import compute_dtype
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext
-from archscale.models.mixers.recurrent import RecurrentState, init_dt_bias_, init_s4d_real_A_log_
+from archscale.models.mixers.recurrent import (
+    RecurrentState,
+    init_dt_bias_,
+    init_s4d_real_A_log_,
+    split_state,
+)
 from archscale.registry import mixers
 
 
@@ -104,10 +109,7 @@ class Mamba(Mixer):
         shared: CrossLayer | None = None,
     ) -> tuple[torch.Tensor, RecurrentState | None]:
         cfg: MambaConfig = self.config  # type: ignore[assignment]
-        if state is not None and seq.is_varlen:
-            raise ValueError("mamba: a recurrent state cannot be combined with a packed varlen batch (cu_seqlens)")
-        conv_state, ssm_state = (None, None) if state is None else state
-        want_state = not seq.is_varlen
+        conv_state, ssm_state, want_state = split_state("mamba", state, seq)
         export = cfg.export_memory and shared is not None
 
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, d_inner) each

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from archscale.models.api import SeqInfo
 from archscale.models.mixers.base import AttentionFlops
 
 
@@ -29,6 +30,18 @@ class RecurrentState(NamedTuple):
 
     conv: torch.Tensor
     ssm: torch.Tensor
+
+
+def split_state(
+    name: str, state: RecurrentState | None, seq: SeqInfo
+) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """(conv state, ssm state, whether to return a state) for a recurrent mixer's forward.
+
+    Packed varlen batches restart the recurrence at every document, so they neither take nor return a state."""
+    if state is not None and seq.is_varlen:
+        raise ValueError(f"{name}: a recurrent state cannot be combined with a packed varlen batch (cu_seqlens)")
+    conv_state, ssm_state = (None, None) if state is None else state
+    return conv_state, ssm_state, not seq.is_varlen
 
 
 def init_dt_bias_(bias: torch.Tensor, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
