@@ -133,9 +133,9 @@ class CoordCheckResult:
 
     def plot(self, path: str | Path, *, title: str = "") -> Path:
         """One panel per layer type: mean |activation| against width, one line per training step."""
-        from archscale.scaling.sweep import _pyplot
+        from archscale.plotting import pyplot, save_figure
 
-        plt = _pyplot()
+        plt = pyplot()
         kinds = list(self.stats)
         fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.2), squeeze=False)
         n_steps = next(iter(self.stats.values())).shape[1]
@@ -155,12 +155,8 @@ class CoordCheckResult:
         fig.legend([handles[t] for t in sorted(handles)], [f"after {t} steps" for t in sorted(handles)],
                    loc="center right", fontsize=8)
         fig.suptitle(title or f"coordinate check: {self.parametrization}")
-        fig.tight_layout(rect=(0, 0, 0.9, 1))
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        fig.tight_layout(rect=(0, 0, 0.9, 1))  # room for the legend on the right
+        return save_figure(fig, path, dpi=110, layout=False)
 
 
 def coord_check(
@@ -248,9 +244,9 @@ class LRTransferResult:
 
     def plot(self, path: str | Path, *, title: str = "", ax: Any = None) -> Path | None:
         """Final loss against learning rate, one line per width, the best LR starred."""
-        from archscale.scaling.sweep import _pyplot
+        from archscale.plotting import pyplot, save_figure
 
-        plt = _pyplot()
+        plt = pyplot()
         own = ax is None
         if own:
             fig, ax = plt.subplots(figsize=(5.0, 3.8))
@@ -267,12 +263,7 @@ class LRTransferResult:
         ax.legend(fontsize=8)
         if not own:
             return None
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 def lr_transfer(

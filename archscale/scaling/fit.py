@@ -27,9 +27,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from archscale.plotting import pyplot, save_figure
 
 __all__ = [
     "PowerLawFit",
@@ -446,7 +447,7 @@ def plot_power_laws(
     title: str = "",
 ) -> Path:
     """Loss against training FLOPs (log x): each family's points and fitted curve, C0 as a dotted line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     lo, hi = math.inf, -math.inf
     for name, (xs, _) in (points or {}).items():
@@ -467,14 +468,14 @@ def plot_power_laws(
     ax.set_title(title or "L(C) = A·C^(−b) + C0")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_parametric(
     fit: ParametricFit, path: str | Path, *, n_params: ArrayLike, n_tokens: ArrayLike, loss: ArrayLike, title: str = ""
 ) -> Path:
     """Observed against predicted loss for the parametric fit, coloured by model size."""
-    plt = _pyplot()
+    plt = pyplot()
     n, d, y = (np.asarray(v, dtype=float) for v in (n_params, n_tokens, loss))
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     pred = fit.predict(n, d)
@@ -488,27 +489,7 @@ def plot_parametric(
     ax.set_title(title or f"E={p['E']:.3g} A={p['A']:.4g} B={p['B']:.4g} α={p['alpha']:.3g} β={p['beta']:.3g}",
                  fontsize=9)
     ax.grid(True, alpha=0.3)
-    return _save(fig, plt, path)
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'archscale[plot]'") from exc
-    return plt
-
-
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- CSV

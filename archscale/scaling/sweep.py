@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archscale.plotting import pyplot, save_figure
 from archscale.recipe import Recipe, RecipeError, ResolvedRecipe, _fmt, apply_overrides, resolve
 
 __all__ = [
@@ -226,7 +227,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
     """Final validation loss (train loss where no validation) against the learning rate when the sweep has an LR
     axis (one line per other combination), else against training FLOPs. Needs matplotlib."""
-    plt = _pyplot()
+    plt = pyplot()
     use = "final_val_loss" if any(not math.isnan(r["final_val_loss"]) for r in rows) else "final_loss"
     x_key = "lr" if any("lr" in r for r in rows) else "train_flops"
     skip = {x_key, "run", "N_non_embedding", "N_all", "tokens", "train_flops", "lr_matrix", "lr_vector",
@@ -252,23 +253,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: st
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'archscale[plot]'") from exc
-    return plt
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- depth table

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from archscale.plotting import pyplot, save_figure
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 
@@ -121,10 +123,7 @@ def _duration(seconds: float) -> str:
 def plot_loss_curve(run_dir: Path, title: str = "") -> Path | None:
     """Write ``loss.png`` (train and validation loss vs tokens) if matplotlib is installed; return its path."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return None
     records = read_metrics(run_dir)
@@ -142,11 +141,7 @@ def plot_loss_curve(run_dir: Path, title: str = "") -> Path | None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(run_dir) / LOSS_PLOT_FILE
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(run_dir) / LOSS_PLOT_FILE)
 
 
 class ExternalLoggers:
