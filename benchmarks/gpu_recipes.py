@@ -8,10 +8,10 @@ from __future__ import annotations
 from archscale.recipe import Recipe
 
 
-def _tfpp(depth: int, micro_batch: int, steps: int) -> Recipe:
+def _tfpp(depth: int, micro_batch: int, steps: int, arch: str = "transformer") -> Recipe:
     return Recipe(
-        name=f"tfpp-d{depth}-gpu",
-        model={"name": "transformer", "params": {"depth": depth, "vocab_size": 32000, "block_size": 4096}},
+        name=f"{'tfpp' if arch == 'transformer' else arch}-d{depth}-gpu",
+        model={"name": arch, "params": {"depth": depth, "vocab_size": 32000, "block_size": 4096}},
         data={"seq_len": 4096},
         optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.1},
         schedule={"name": "linear", "warmup_fraction": 0.1},
@@ -27,3 +27,8 @@ def tfpp_d8() -> Recipe:
 
 def tfpp_d16() -> Recipe:
     return _tfpp(16, micro_batch=4, steps=30)
+
+
+def sambay_d16() -> Recipe:
+    """SambaY at d16 with the same data, batch and optimizer as tfpp_d16 (multi-GPU checks, issue #11)."""
+    return _tfpp(16, micro_batch=4, steps=30, arch="sambay")
