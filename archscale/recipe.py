@@ -35,6 +35,7 @@ __all__ = [
     "ScalingLawSpec",
     "BaseHyperparams",
     "SystemSpec",
+    "LossSpec",
     "Derived",
     "ResolvedRecipe",
     "resolve",
@@ -170,6 +171,20 @@ class ScalingSpec(StrictModel):
     base: BaseHyperparams = Field(default_factory=BaseHyperparams, description="d0, η0, b0, t0, ... (REFERENCE §4).")
 
 
+class LossSpec(StrictModel):
+    """The training loss: cross-entropy of the next token, optionally with PaLM's z-loss (Chowdhery et al. 2022),
+    and how it is computed. Copied into the model spec (LMSpec.z_loss, loss_impl, loss_chunk_size)."""
+
+    z_loss: float = Field(
+        default=0.0, ge=0, description="Weight of the auxiliary z-loss, z_loss · mean(logsumexp(logits)²), added "
+        "to the objective (PaLM: 1e-4); 0 = off. The model also returns the cross-entropy alone (ce_loss) to log.")
+    impl: Literal["fused", "naive"] = Field(
+        default="fused", description="fused = chunked linear cross-entropy that never builds the (tokens, vocab) "
+        "logits (works under torch.compile); naive = full logits then F.cross_entropy (the reference).")
+    chunk_size: int | None = Field(
+        default=None, ge=1, description="Tokens per chunk of the fused loss; None = automatic (n_embd, >= 256).")
+
+
 class SystemSpec(StrictModel):
     """Where and how the run executes; nothing here changes the mathematics of training except precision."""
 
@@ -212,6 +227,7 @@ class Recipe(StrictModel):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     budget: BudgetSpec = Field(description="Training length and batch size.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Base hyperparameters and scaling law.")
+    loss: LossSpec = Field(default_factory=LossSpec, description="Training loss: z-loss weight, fused or naive.")
     system: SystemSpec = Field(default_factory=SystemSpec)
 
     @field_validator("name")

@@ -2,12 +2,18 @@
 
 >>> from archscale.models.archs import TransformerConfig, transformer
 >>> model = build_model(transformer(TransformerConfig(depth=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=512)))
->>> out = model(torch.randint(0, 512, (2, 16)), targets=torch.randint(0, 512, (2, 16)))
->>> out.logits.shape, out.loss.ndim
-(torch.Size([2, 16, 512]), 0)
+>>> x = torch.randint(0, 512, (2, 16))
+>>> model(x).logits.shape
+torch.Size([2, 16, 512])
+>>> out = model(x, targets=torch.randint(0, 512, (2, 16)))
+>>> out.loss.ndim, out.logits is None
+(0, True)
 
-The trainer calls ``model(inputs, seq, targets=targets).loss``. Under ``torch.autocast`` the residual stream stays
-float32 (see :mod:`archscale.models.block`) and logits are returned in float32.
+The trainer calls ``model(inputs, seq, targets=targets).loss``. With targets the loss comes, by default
+(``spec.loss_impl == "fused"``), from :func:`archscale.kernels.cross_entropy.linear_cross_entropy`, which never
+materialises the (B·T, V) logits: they are then not returned unless ``return_logits=True`` (which computes them
+and takes the loss from them). Under ``torch.autocast`` the residual stream stays float32 (see
+:mod:`archscale.models.block`) and logits are returned in float32.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archscale.kernels.cross_entropy import cross_entropy_from_logits, linear_cross_entropy
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.block import Block, make_norm
 from archscale.models.init import InitRule, standard_init
@@ -28,12 +35,20 @@ from archscale.models.spec import LMSpec
 
 @dataclass
 class LMOutput:
-    """logits: float32 (B, T, V). loss: mean cross-entropy over targets != -100, or None without targets.
+    """What a forward returns.
+
+    logits: float32 (B, T, V) without targets or with ``return_logits=True``; None when targets were given
+    without it (the fused loss never builds them).
+    loss: the training objective, mean cross-entropy over targets != -100 plus ``spec.z_loss · mean(lse²)``
+    (0, not NaN, when every target is ignored); None without targets.
+    ce_loss: the mean cross-entropy alone (no z-loss), detached: the number to log and to validate with, so
+    that runs with and without z-loss compare; None without targets.
     state: per-layer mixer states (KV caches, ...) when a state was passed or ``use_cache`` was set, else None."""
 
     logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     state: list[Any] | None = None
+    ce_loss: torch.Tensor | None = None
 
 
 class LanguageModel(nn.Module):
@@ -57,9 +72,12 @@ class LanguageModel(nn.Module):
         targets: torch.Tensor | None = None,
         state: list[Any] | None = None,
         use_cache: bool = False,
+        return_logits: bool | None = None,
     ) -> LMOutput:
         """input_ids (B, T) -> logits (B, T, V). ``seq`` None means a dense causal batch starting at position 0;
-        when continuing from ``state``, pass ``SeqInfo.dense(B, T, offset=<tokens already in the state>)``."""
+        when continuing from ``state``, pass ``SeqInfo.dense(B, T, offset=<tokens already in the state>)``.
+        ``targets`` (B, T), -100 = ignored, add the loss; ``return_logits`` (default: only without targets)
+        also returns the logits then (see :class:`LMOutput`)."""
         B, T = input_ids.shape
         if seq is None:
             if state is not None:
@@ -82,14 +100,29 @@ class LanguageModel(nn.Module):
                 new_state.append(layer_state)
         x = self.final_norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
-        logits = F.linear(x, weight).float()  # (B, T, V)
-        if self.spec.logit_multiplier != 1.0:
-            logits = logits * self.spec.logit_multiplier
-
-        loss = None
+        if return_logits is None:
+            return_logits = targets is None
+        spec = self.spec
+        logits = loss = ce_loss = None
+        if return_logits or (targets is not None and spec.loss_impl == "naive"):
+            logits = F.linear(x, weight).float()  # (B, T, V)
+            if spec.logit_multiplier != 1.0:
+                logits = logits * spec.logit_multiplier
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return LMOutput(logits=logits, loss=loss, state=new_state if want_state else None)
+            if logits is not None:  # built anyway: the loss from them costs no more
+                out = cross_entropy_from_logits(logits.flatten(0, 1), targets.flatten(), z_loss=spec.z_loss)
+            else:
+                out = linear_cross_entropy(
+                    x.flatten(0, 1), weight, targets.flatten(), z_loss=spec.z_loss,
+                    logit_multiplier=spec.logit_multiplier, chunk_size=spec.loss_chunk_size,
+                )
+            loss, ce_loss = out.loss, out.cross_entropy.detach()
+        return LMOutput(
+            logits=logits if return_logits else None,
+            loss=loss,
+            state=new_state if want_state else None,
+            ce_loss=ce_loss,
+        )
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self, rule: InitRule | None = None) -> None:

@@ -58,6 +58,17 @@ class LMSpec(BaseModel):
         None, description="Softmax scale of attention mixers; None means 1/√head_dim."
     )
     init_std: float = Field(0.02, gt=0, description="Std of the standard-parametrization normal init.")
+    z_loss: float = Field(
+        0.0, ge=0, description="Weight of PaLM's auxiliary z-loss, z_loss · mean(logsumexp(logits)²), added to the "
+        "training loss (Chowdhery et al. 2022 use 1e-4); 0 = off.",
+    )
+    loss_impl: Literal["fused", "naive"] = Field(
+        "fused", description="Cross-entropy with targets: 'fused' never builds the (tokens, vocab) logits "
+        "(archscale.kernels.cross_entropy.linear_cross_entropy); 'naive' builds them and calls F.cross_entropy.",
+    )
+    loss_chunk_size: int | None = Field(
+        None, ge=1, description="Tokens per chunk of the fused loss; None = automatic (n_embd, at least 256).",
+    )
 
     @property
     def n_layers(self) -> int:

@@ -334,7 +334,7 @@ def scale_context(spec: LMSpec, base: BaseHyperparams, optimizer_entry: Any = No
 class Parametrized:
     """A recipe's model spec with the parametrization's forward multipliers applied, plus what produced it."""
 
-    spec: LMSpec  # as built (multipliers applied)
+    spec: LMSpec  # as built (multipliers and the recipe's loss section applied)
     architecture_spec: LMSpec  # as the architecture entry returned it
     parametrization: Parametrization
     context: ScaleContext
@@ -350,7 +350,9 @@ def parametrize(recipe: Recipe) -> Parametrized:
     param = recipe.parametrization.entry()(recipe.parametrization.config())
     ctx = scale_context(arch, recipe.scaling.base, recipe.optimizer.entry())
     forward = param.forward_multipliers(arch, ctx)
-    spec = arch.model_copy(update={k: r.value for k, r in forward.items()}) if forward else arch
+    # The recipe's loss section rides on the spec the model is built from (LossSpec validated these values).
+    loss = {"z_loss": recipe.loss.z_loss, "loss_impl": recipe.loss.impl, "loss_chunk_size": recipe.loss.chunk_size}
+    spec = arch.model_copy(update={**{k: r.value for k, r in forward.items()}, **loss})
     return Parametrized(spec=spec, architecture_spec=arch, parametrization=param, context=ctx, forward=forward)
 
 

@@ -188,9 +188,9 @@ class Trainer:
                         targets = targets.reshape(1, -1)
                         inputs = inputs.reshape(1, -1)
                     with fabric.no_backward_sync(fmodel, enabled=micro < accum - 1):
-                        loss = fmodel(inputs, seq, targets=targets).loss
-                        fabric.backward(loss / accum)
-                    loss_sum += loss.detach()
+                        out = fmodel(inputs, seq, targets=targets)
+                        fabric.backward(out.loss / accum)  # the objective: cross-entropy (+ z-loss if set)
+                    loss_sum += out.ce_loss.detach()  # reported: the cross-entropy alone, comparable across runs
                 loss_mean = fabric.all_reduce(loss_sum / accum, reduce_op="mean")
                 grad_norm = self._clip(fmodel, optimizer)
                 lr_used = {g.get("role", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
@@ -309,7 +309,7 @@ class Trainer:
             if self.recipe.data.varlen:
                 seq = seq_info_from_eos(inputs, data.eos_id)
                 inputs, targets = inputs.reshape(1, -1), targets.reshape(1, -1)
-            total += model(inputs, seq, targets=targets).loss.float()
+            total += model(inputs, seq, targets=targets).ce_loss.float()
             count += 1
         model.train()
         return float(self.fabric.all_reduce(total / max(count, 1), reduce_op="mean"))

@@ -21,7 +21,7 @@ def test_forward_backward_and_loss() -> None:
     x = torch.randint(0, 512, (3, 20))
     targets = torch.randint(0, 512, (3, 20))
     targets[0, :5] = -100
-    out = model(x, targets=targets)
+    out = model(x, targets=targets, return_logits=True)
     assert isinstance(out, LMOutput) and out.state is None
     assert out.logits.shape == (3, 20, 512) and out.logits.dtype == torch.float32
     keep = targets != -100
@@ -151,7 +151,7 @@ def test_autocast_keeps_fp32_residual() -> None:
         block.register_forward_hook(lambda m, i, o: dtypes.append((o[0].dtype, m.mixer.q_proj(i[0]).dtype)))
     x = torch.randint(0, 512, (2, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x, targets=x)
+        out = model(x, targets=x, return_logits=True)
     assert dtypes == [(torch.float32, torch.bfloat16)] * 2  # residual fp32 while matmuls run in bf16
     assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
