@@ -12,9 +12,10 @@
 - YOCO (Sun et al. 2024): with ``share_kv`` the layer is the cross-decoder's full-attention layer F; it writes its
   keys and values (cache + new) to ``shared.kv`` for the cross-attention layers (:mod:`.cross_attention`).
 
-This is the reference path: ``torch.nn.functional.scaled_dot_product_attention``. Dense batches without cache or
-window use ``is_causal`` (no mask tensor, compile-friendly). Packed varlen batches (``seq.cu_seqlens``) use a
-block-diagonal causal boolean mask, O(T²) memory, so no token attends across a document boundary.
+The attention itself is :func:`archscale.kernels.attention.attention`, which picks the kernel: cuDNN SDPA for
+dense causal batches on CUDA, flash-attn / torch ``varlen_attn`` / FlexAttention for windows and packed varlen
+batches (``seq.cu_seqlens``: no token attends across a document boundary), and SDPA with a boolean mask on CPU and
+when decoding. Projections produce (B, T, H, K), the kernels' layout, so no transpose precedes the call.
 
 State is a KV cache ``(k, v)``, each (B, n_kv_head, S, head_dim) with RoPE already applied to k. Given a state,
 the new queries attend to the cached keys and the new ones, and the returned state holds both (for a window W,
@@ -26,50 +27,29 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from archscale.kernels.attention import attention as attention_kernel
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
-from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext, attended_keys
+from archscale.models.mixers.base import (
+    AttentionFlops,
+    Mixer,
+    MixerContext,
+    attended_keys,
+)
 from archscale.models.rope import apply_rope, rope_cos_sin
 from archscale.registry import mixers
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
-def attention_mask(seq: SeqInfo, T: int, S: int, window: int | None) -> torch.Tensor | None:
-    """Boolean (T, S) mask, True = may attend, for T queries against S keys whose last T are the queries' own
-    positions (cached keys first); None when plain ``is_causal`` is exact (T == S, dense, no window)."""
-    device = seq.position_ids.device
-    if seq.is_varlen:
-        assert seq.cu_seqlens is not None
-        if S != T:
-            raise ValueError("attention: a packed varlen batch cannot be combined with cached keys")
-        idx = torch.arange(T, device=device)
-        doc = torch.searchsorted(seq.cu_seqlens[1:].long(), idx, right=True)  # (T,) document of each token
-        allowed = (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])
-        if window is not None:
-            allowed = allowed & (idx[:, None] - idx[None, :] < window)
-        return allowed
-    if S == T and window is None:
-        return None
-    # Query t sits at index S - T + t of the key sequence (cached keys first); keys are contiguous.
-    qi = torch.arange(T, device=device)[:, None] + (S - T)
-    kj = torch.arange(S, device=device)[None, :]
-    allowed = kj <= qi
-    if window is not None:
-        allowed = allowed & (qi - kj < window)
-    return allowed
-
-
-def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
-) -> torch.Tensor:
-    """q (B, H, T, K), k (B, Hkv, S, K), v (B, Hkv, S, V) -> (B, H, T, V); ``mask`` None means causal, T == S."""
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
+def attention_kwargs(seq: SeqInfo) -> dict[str, object]:
+    """The document layout of a batch as :func:`~archscale.kernels.attention.attention` keyword arguments."""
+    if not seq.is_varlen:
+        return {}
+    # max_seqlen 0 means "not recorded" (SeqInfo's default): the kernels then bound documents by T.
+    return {"cu_seqlens": seq.cu_seqlens, "max_seqlen": seq.max_seqlen if seq.max_seqlen > 0 else None}
 
 
 class AttentionConfig(BaseModel):
@@ -159,32 +139,33 @@ class CausalSelfAttention(Mixer):
         if self.use_rope:
             cos, sin = rope_cos_sin(seq.position_ids, K, self.rope_base)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, K)
 
         if state is not None:
             if seq.is_varlen:
                 raise ValueError("attention: a KV cache cannot be combined with a packed varlen batch")
-            k_cache, v_cache = state
-            k = torch.cat((k_cache.to(k.dtype), k), dim=2)  # (B, Hkv, S, K), S = cached + T
-            v = torch.cat((v_cache.to(v.dtype), v), dim=2)
+            k_cache, v_cache = state  # (B, Hkv, S_cached, K)
+            k = torch.cat((k_cache.transpose(1, 2).to(k.dtype), k), dim=1)  # (B, S, Hkv, K), S = cached + T
+            v = torch.cat((v_cache.transpose(1, 2).to(v.dtype), v), dim=1)
         if self.share_kv:
             if shared is None:
                 raise ValueError("attention: share_kv=True needs the model's CrossLayer object (shared=...)")
-            shared.kv = (k, v)  # every key so far: the cross-attention layers align queries to the last T
+            # Every key so far, (B, Hkv, S, K) views; the cross-attention layers align queries to the last T.
+            shared.kv = (k.transpose(1, 2), v.transpose(1, 2))
 
-        y = self._attend(q, k, v, attention_mask(seq, T, k.shape[2], self.window))  # (B, T, H·K)
+        y = self._attend(q, k, v, seq)  # (B, T, H·K)
 
         new_state: KVCache | None = None
         if not seq.is_varlen:
-            keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
-            new_state = (k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :])
+            S = k.shape[1]
+            keep = S if self.window is None else min(S, self.window - 1)
+            new_state = (k[:, S - keep :].transpose(1, 2), v[:, S - keep :].transpose(1, 2))
         return self.o_proj(y), new_state
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q (B, H, T, K), k/v (B, Hkv, S, K) -> (B, T, H·K) before the output projection."""
-        B, H, T, K = q.shape
-        y = softmax_attention(q, k, v, mask, self.scale)  # (B, H, T, K)
-        return y.transpose(1, 2).reshape(B, T, H * K)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq: SeqInfo) -> torch.Tensor:
+        """q (B, T, H, K), k/v (B, S, Hkv, K) -> (B, T, H·K) before the output projection."""
+        B, T, H, K = q.shape
+        y = attention_kernel(q, k, v, scale=self.scale, window=self.window, **attention_kwargs(seq))  # (B, T, H, K)
+        return y.reshape(B, T, H * K)
 
     # ------------------------------------------------------------------ bookkeeping
     @classmethod

@@ -7,10 +7,13 @@ absolute position p sees keys 0..p (the W most recent with a window). Decoding t
 the whole cross-decoder, F's, and this layer's state is None.
 
 Shapes: ``shared.kv`` = (k, v), each (B, Hkv, S, K) with positions already applied to k; the T queries of this
-call are the last T of the S positions (S = T in training, cached + new when decoding; varlen: S = T with the
-block-diagonal mask). With RoPE the queries are rotated at ``seq.position_ids`` (F must use RoPE with the same
-base); with NoPE (SambaY) neither is. ``differential=True`` makes the layer differential cross-attention
+call are the last T of the S positions (S = T in training, cached + new when decoding; varlen: S = T and no
+query sees a key of another document). With RoPE the queries are rotated at ``seq.position_ids`` (F must use RoPE
+with the same base); with NoPE (SambaY) neither is. ``differential=True`` makes the layer differential cross-attention
 (Differential Attention over the shared K,V, with its own λ and RMSNorm: SambaY-DA, Phi-4-mini-flash).
+
+The attention is :func:`archscale.kernels.attention.attention`, the dispatch every attention layer uses: causal
+over the shared keys, so training batches (S = T) take the same fast kernels as the producer layer F.
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from archscale.kernels.attention import attention as attention_kernel
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
-from archscale.models.mixers.attention import attention_dims, attention_mask, softmax_attention
-from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext, SharedKind, attended_keys
+from archscale.models.mixers.attention import attention_dims, attention_kwargs
+from archscale.models.mixers.base import (
+    AttentionFlops,
+    Mixer,
+    MixerContext,
+    SharedKind,
+    attended_keys,
+)
 from archscale.models.mixers.diff_attention import DifferentialCore
 from archscale.models.rope import apply_rope, rope_cos_sin
 from archscale.registry import mixers
@@ -107,12 +117,13 @@ class CrossAttention(Mixer):
         if self.use_rope:
             cos, sin = rope_cos_sin(seq.position_ids, K, self.rope_base)
             q = apply_rope(q, cos, sin)
-        q = q.transpose(1, 2).to(k.dtype)  # (B, H, T, K)
-        mask = attention_mask(seq, T, k.shape[2], self.window)
+        q = q.to(k.dtype)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, S, Hkv, K): views (the producer's own layout)
+        kwargs = attention_kwargs(seq)
         if self.diff is not None:
-            y = self.diff(q, k, v, mask, self.scale)  # (B, T, H·K)
+            y = self.diff(q, k, v, self.scale, window=self.window, **kwargs)  # (B, T, H·K)
         else:
-            y = softmax_attention(q, k, v, mask, self.scale).transpose(1, 2).reshape(B, T, H * K)
+            y = attention_kernel(q, k, v, scale=self.scale, window=self.window, **kwargs).reshape(B, T, H * K)
         return self.o_proj(y.to(x.dtype)), None
 
     # ------------------------------------------------------------------ cross-layer values

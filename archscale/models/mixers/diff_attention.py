@@ -16,10 +16,14 @@ Everything else is :class:`~archscale.models.mixers.attention.CausalSelfAttentio
 KV cache, varlen, ``share_kv`` for the YOCO full-attention layer); :mod:`.cross_attention` reuses
 :class:`DifferentialCore` for differential cross-attention (SambaY-DA, Phi-4-mini-flash).
 
-Computation: one SDPA call. Query heads are reordered from (pair, j) to (j, pair) and key heads likewise, so
-that standard GQA grouping pairs q_j of pair h with k_j of KV pair h // (H/Hkv); the values of KV pair g are
-[v_2g ‖ v_2g+1] for both j. This computes each score map once: 2·(K + 2K) FLOPs per query head and key, i.e.
-1.5x ordinary attention.
+Computation: one :func:`~archscale.kernels.attention.attention` call (the same kernel dispatch as plain
+attention, so windows and packed varlen batches take the fast paths too). Query heads are reordered from
+(pair, j) to (j, pair) and key heads likewise, so that standard GQA grouping pairs q_j of pair h with k_j of KV
+pair h // (H/Hkv); the values of KV pair g are [v_2g ‖ v_2g+1] for both j. Where the kernel accepts values wider
+than keys (the CPU reference, FlexAttention) each score map is computed once: 2·(K + 2K) FLOPs per query head and
+key, i.e. 1.5x ordinary attention; kernels that need equal widths (cuDNN, flash) get the values in two K-wide
+halves, i.e. 2x, which still beats handing 2K-wide values to a slower generic kernel (the "wide-v" case of
+benchmarks/attention_bench.py measures both).
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from archscale.models.api import ParamRole
-from archscale.models.mixers.attention import AttentionConfig, CausalSelfAttention, softmax_attention
+from archscale.kernels.attention import attention as attention_kernel
+from archscale.models.api import ParamRole, SeqInfo
+from archscale.models.mixers.attention import (
+    AttentionConfig,
+    CausalSelfAttention,
+    attention_kwargs,
+)
 from archscale.models.mixers.base import AttentionFlops, MixerContext, attended_keys
 from archscale.registry import mixers
 
@@ -68,22 +77,32 @@ class DifferentialCore(nn.Module):
         return l1 - l2 + self.lambda_init
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        *,
+        window: int | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> torch.Tensor:
-        """q (B, H, T, K), k/v (B, Hkv, S, K), heads in (pair, j) order -> (B, T, H·K)."""
-        B, H, T, K = q.shape
-        Hkv, S = k.shape[1], k.shape[2]
+        """q (B, T, H, K), k/v (B, S, Hkv, K), heads in (pair, j) order -> (B, T, H·K); the keyword arguments are
+        :func:`~archscale.kernels.attention.attention`'s."""
+        B, T, H, K = q.shape
+        S, Hkv = k.shape[1], k.shape[2]
         if H % 2 or Hkv % 2:
             raise ValueError(f"differential attention needs even head counts, got n_head={H}, n_kv_head={Hkv}")
         P, Pkv = H // 2, Hkv // 2
-        q = q.view(B, P, 2, T, K).transpose(1, 2).reshape(B, H, T, K)  # (B, 2·P, T, K) in (j, pair) order
-        k = k.view(B, Pkv, 2, S, K).transpose(1, 2).reshape(B, Hkv, S, K)  # (B, 2·Pkv, S, K)
-        v2 = v.view(B, Pkv, 2, S, K).permute(0, 1, 3, 2, 4).reshape(B, Pkv, S, 2 * K)  # [v_2g ‖ v_2g+1]
-        v2 = torch.cat((v2, v2), dim=1)  # (B, 2·Pkv, S, 2K): the same values for j = 0 and j = 1
-        a = softmax_attention(q, k, v2, mask, scale).view(B, 2, P, T, 2 * K)  # (B, j, pair, T, 2K)
-        out = a[:, 0] - self.lam().to(a.dtype) * a[:, 1]  # (B, P, T, 2K)
+        q = q.view(B, T, P, 2, K).transpose(2, 3).reshape(B, T, H, K)  # (B, T, 2·P, K) in (j, pair) order
+        k = k.view(B, S, Pkv, 2, K).transpose(2, 3).reshape(B, S, Hkv, K)  # (B, S, 2·Pkv, K)
+        v2 = v.reshape(B, S, Pkv, 2 * K)  # [v_2g ‖ v_2g+1]: heads 2g and 2g+1 side by side
+        v2 = torch.cat((v2, v2), dim=2)  # (B, S, 2·Pkv, 2K): the same values for j = 0 and j = 1
+        a = attention_kernel(q, k, v2, scale=scale, window=window, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        a = a.view(B, T, 2, P, 2 * K)  # (B, T, j, pair, 2K)
+        out = a[:, :, 0] - self.lam().to(a.dtype) * a[:, :, 1]  # (B, T, P, 2K)
         out = self.subln(out) * (1.0 - self.lambda_init)
-        return out.transpose(1, 2).reshape(B, T, H * K)  # pair h's 2K = heads 2h, 2h+1 side by side
+        return out.reshape(B, T, H * K)  # pair h's 2K = heads 2h, 2h+1 side by side
 
     @staticmethod
     def n_params(head_dim: int) -> int:
@@ -113,8 +132,8 @@ class DiffAttention(CausalSelfAttention):
         super().__init__(ctx, config)
         self.diff = DifferentialCore(self.head_dim, ctx.layer_idx, eps=ctx.norm_eps)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.diff(q, k, v, mask, self.scale)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq: SeqInfo) -> torch.Tensor:
+        return self.diff(q, k, v, self.scale, window=self.window, **attention_kwargs(seq))
 
     @classmethod
     def count_params(  # type: ignore[override]
