@@ -1,4 +1,5 @@
-"""Helpers the recurrent kernels share: checking packed-varlen boundaries and choosing the compute dtype.
+"""Helpers the recurrent kernels share: checking packed-varlen boundaries, laying documents out in chunks for the
+one-pass chunked scans, choosing the compute dtype, and calling a scan compiled.
 
 Varlen convention (fla / flash-attn): a packed batch has B == 1 and ``cu_seqlens`` (int, (N + 1,)) holds the
 cumulative document lengths, starting at 0 and ending at T. Recurrent state must not cross a boundary: every
@@ -6,6 +7,9 @@ document starts from its own initial state (zeros unless given, (N, ...)) and re
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,3 +44,88 @@ def fp32_region(x: torch.Tensor) -> torch.autocast:
     """A context in which autocast is off: the references promise fp32 math, and under a bf16 autocast region their
     einsums and matmuls would otherwise run in bf16."""
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, batch: int) -> None:
+    """Validate packed-varlen boundaries without a host synchronisation (the one-pass chunked forms call this).
+
+    Shapes are checked always. Values (0 = cu[0] < cu[1] < ... < cu[-1] = T) are checked eagerly when the tensor
+    lives on the CPU (free) and with a device-side assert on an accelerator (no sync); under ``torch.compile`` the
+    value check is skipped: :meth:`archscale.models.api.SeqInfo.from_cu_seqlens` validated them when the batch was
+    built, and a check inside the graph would cost a sync or a graph break."""
+    if batch != 1:
+        raise ValueError(f"varlen input (cu_seqlens given) must have batch size 1, got {batch}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.is_floating_point():
+        raise ValueError(
+            f"cu_seqlens must be a 1-D integer tensor of N_docs + 1 >= 2 entries, got {tuple(cu_seqlens.shape)} "
+            f"{cu_seqlens.dtype}"
+        )
+    if torch.compiler.is_compiling():
+        return
+    if cu_seqlens.device.type == "cpu":
+        doc_bounds(cu_seqlens, total, batch)  # the readable error, with the offending values
+        return
+    ok = (cu_seqlens[0] == 0) & (cu_seqlens[-1] == total) & (cu_seqlens[1:] > cu_seqlens[:-1]).all()
+    torch._assert_async(ok, f"cu_seqlens must strictly increase from 0 to T={total}")
+
+
+class ChunkLayout(NamedTuple):
+    """Where the documents of a packed stream (B == 1, T tokens) sit relative to fixed chunks of Q tokens, so that a
+    chunked scan can run over the whole stream at once and cut its recurrence at document starts (no loop over
+    documents, no host sync: every field is computed on the device from ``cu_seqlens``).
+
+    The stream is padded to ``n_chunks · Q`` tokens; padding belongs to the last document (the scans give padding
+    an identity step, so it changes nothing).
+
+    doc     (n_chunks, Q) int64  document index of each token.
+    carry   (n_chunks, Q) bool   the token's document started before its chunk: it reads the state carried into the
+                                 chunk. Otherwise the document started inside the chunk, at ``start_local``, from
+                                 its own initial state.
+    start_local (n_chunks, Q) int64  position inside the chunk where the token's document starts (0 where carry).
+    starts  (N_docs,) int64      first token of each document (flat index into the padded stream).
+    lasts   (N_docs,) int64      last token of each document.
+    """
+
+    doc: torch.Tensor
+    carry: torch.Tensor
+    start_local: torch.Tensor
+    starts: torch.Tensor
+    lasts: torch.Tensor
+
+
+def chunk_layout(cu_seqlens: torch.Tensor, total: int, chunk: int) -> ChunkLayout:
+    """The :class:`ChunkLayout` of documents ``cu_seqlens`` (validated by :func:`check_cu_seqlens`) in chunks of
+    ``chunk`` tokens over a stream of ``total`` tokens."""
+    cu = cu_seqlens.to(torch.long)
+    n_chunks = -(-total // chunk)
+    pos = torch.arange(n_chunks * chunk, device=cu.device)
+    # Document of each position = number of document ends at or before it; padding (pos >= T) joins the last one.
+    doc = torch.searchsorted(cu[1:], pos, right=True).clamp_max(cu.shape[0] - 2)
+    start = cu[doc]  # first token of each position's document
+    chunk_start = pos - pos % chunk
+    carry = start < chunk_start
+    start_local = torch.where(carry, 0, start - chunk_start)
+    return ChunkLayout(
+        doc.view(n_chunks, chunk),
+        carry.view(n_chunks, chunk),
+        start_local.view(n_chunks, chunk),
+        cu[:-1],
+        cu[1:] - 1,
+    )
+
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def compiled_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` compiled with ``torch.compile(fullgraph=True)``, built once per function on first use (the "fast"
+    CUDA path of the chunked scans). Inside an enclosing ``torch.compile`` (a compiled model) ``fn`` itself is called:
+    the outer compiler traces it into its own graph and fuses it with its neighbours. Shapes start static and turn
+    dynamic after a recompile (torch.compile's default), so a changing number of documents does not recompile
+    forever."""
+    if torch.compiler.is_compiling():
+        return fn(*args, **kwargs)
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, fullgraph=True)
+    return compiled(*args, **kwargs)

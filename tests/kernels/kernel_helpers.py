@@ -42,3 +42,125 @@ def compare_grads(
         assert gb.abs().sum() > 0, f"zero gradient for {name}: the comparison would be vacuous"
         err = rel_err(ga, gb)
         assert err < tol, f"gradient of {name}: relative error {err:.3g} >= {tol}"
+
+
+# Document layouts that stress the one-pass varlen chunked forms at chunk size VARLEN_CHUNK = 4: documents of one
+# token (several in a chunk), chunk-1 / chunk / chunk+1, documents spanning several chunks and starting mid-chunk,
+# a single document, a boundary exactly on a chunk edge.
+VARLEN_CHUNK = 4
+AWKWARD_LENGTHS = [(1, 1, 1, 1, 1, 1, 1), (3, 5, 4, 1, 2), (2, 14, 1, 9), (17,), (4, 4, 1, 7)]
+
+
+def time_slice(inputs: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Tokens [start, stop) of every per-token input (dim 1); per-head parameters (1-D) are kept whole."""
+    return {k: (v[:, start:stop] if v.dim() > 1 else v) for k, v in inputs.items()}
+
+
+def check_state_continuation(
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    inputs: dict[str, torch.Tensor],
+    split: Sequence[int],
+    tol: float = 1e-10,
+) -> None:
+    """Running ``fn`` piece by piece, each piece starting from the previous final state, equals one full pass."""
+    full, full_final = fn(**inputs, return_final_state=True)
+    state, start, pieces = None, 0, []
+    for n in split:
+        y, state = fn(**time_slice(inputs, start, start + n), initial_state=state, return_final_state=True)
+        pieces.append(y)
+        start += n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=tol, atol=tol)
+    torch.testing.assert_close(state, full_final, rtol=tol, atol=tol)
+
+
+def check_varlen_equals_documents(
+    fn_packed: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    fn_doc: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    inputs: dict[str, torch.Tensor],
+    lengths: Sequence[int],
+    h0: torch.Tensor | None,
+    tol: float = 1e-10,
+) -> None:
+    """A packed varlen call of ``fn_packed`` equals ``fn_doc`` run on every document alone (outputs and states)."""
+    y, final = fn_packed(**inputs, initial_state=h0, cu_seqlens=split_cu(lengths), return_final_state=True)
+    assert final is not None and final.shape[0] == len(lengths)
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()  # a forgotten token or state would be NaN
+    start = 0
+    for i, n in enumerate(lengths):
+        s = None if h0 is None else h0[i : i + 1]
+        y_doc, f_doc = fn_doc(**time_slice(inputs, start, start + n), initial_state=s, return_final_state=True)
+        torch.testing.assert_close(y[:, start : start + n], y_doc, rtol=tol, atol=tol)
+        torch.testing.assert_close(final[i : i + 1], f_doc, rtol=tol, atol=tol)
+        start += n
+
+
+def check_varlen_matches_recurrent(
+    chunked: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    recurrent: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    inputs: dict[str, torch.Tensor],
+    lengths: Sequence[int],
+    h0: torch.Tensor | None,
+    tol: float = 1e-10,
+    grad_tol: float = 1e-9,
+) -> None:
+    """The one-pass varlen chunked form against the recurrent specification on the same packed call: outputs,
+    per-document final states, and the gradient of every input (initial states included) under random upstream
+    gradients on both the outputs and the final states."""
+    cu = split_cu(lengths)
+    kw = {"cu_seqlens": cu, "return_final_state": True}
+    y, final = chunked(**inputs, initial_state=h0, chunk_size=VARLEN_CHUNK, **kw)
+    y_ref, final_ref = recurrent(**inputs, initial_state=h0, **kw)
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(final, final_ref, rtol=tol, atol=tol)
+    leaves = dict(inputs) if h0 is None else {**inputs, "initial_state": h0}
+    compare_grads(
+        lambda **a: chunked(**a, chunk_size=VARLEN_CHUNK, **kw), lambda **a: recurrent(**a, **kw), leaves, grad_tol
+    )
+
+
+def check_compiled_matches_eager(
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    inputs: dict[str, torch.Tensor],
+    backend: str,
+    tol: float,
+    layouts: Sequence[Sequence[int]] = ((3, 9, 1, 11), (5, 19)),
+) -> None:
+    """``torch.compile(fn, fullgraph=True)`` (no graph break allowed) gives the eager outputs and gradients on each
+    varlen layout of T = 24 tokens (with two layouts of different document counts, the second call recompiles with
+    a dynamic count)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    for lengths in layouts:
+        cu = split_cu(lengths)
+        for out, ref in zip(compiled(**inputs, cu_seqlens=cu), fn(**inputs, cu_seqlens=cu)):
+            torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+        compare_grads(
+            lambda cu=cu, **a: compiled(**a, cu_seqlens=cu), lambda cu=cu, **a: fn(**a, cu_seqlens=cu), inputs, tol
+        )
+
+
+def check_fast_path_on_gpu(
+    fast: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    recurrent: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    inputs: dict[str, torch.Tensor],
+    lengths: Sequence[int],
+    tol: float,
+) -> None:
+    """A fast path (low-precision inputs, CUDA) against the float64 recurrent specification on the same values:
+    outputs and per-document final states by relative error, then the gradients of every input."""
+    cu = split_cu(lengths).to(next(iter(inputs.values())).device)
+    kw = {"cu_seqlens": cu, "return_final_state": True}
+
+    def ref(**a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, f = recurrent(**{n: t.double() for n, t in a.items()}, **kw)
+        assert f is not None
+        return y.to(a[next(iter(a))].dtype), f.float()  # the fast path's dtypes: the input's, fp32 states
+
+    with torch.no_grad():
+        (y, f), (y_ref, f_ref) = fast(**inputs, **kw), ref(**inputs)
+    assert y.dtype == y_ref.dtype and f is not None and f_ref is not None
+    assert rel_err(y, y_ref) < tol, f"output: relative error {rel_err(y, y_ref):.3g}"
+    assert rel_err(f, f_ref) < tol, f"final states: relative error {rel_err(f, f_ref):.3g}"
+    compare_grads(lambda **a: fast(**a, **kw), ref, inputs, tol)

@@ -6,9 +6,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_helpers import compare_grads, rel_err, split_cu
+from kernel_helpers import (
+    AWKWARD_LENGTHS,
+    check_compiled_matches_eager,
+    check_fast_path_on_gpu,
+    check_state_continuation,
+    check_varlen_equals_documents,
+    check_varlen_matches_recurrent,
+    compare_grads,
+    rel_err,
+    split_cu,
+)
 
-from archscale.kernels.delta_rule import gated_delta_rule, gated_delta_rule_chunked, gated_delta_rule_recurrent
+from archscale.kernels.delta_rule import (
+    gated_delta_rule,
+    gated_delta_rule_chunked,
+    gated_delta_rule_recurrent,
+)
+from archscale.kernels.delta_rule.state_pass import state_pass
 
 H, K, V = 3, 4, 6
 
@@ -82,38 +97,75 @@ def test_strong_decay_stays_finite() -> None:
 @pytest.mark.parametrize("impl", ["chunked", "recurrent"])
 @pytest.mark.parametrize("split", [(1, 1), (7, 1, 12), (20, 43)])
 def test_state_continuation(impl: str, split: tuple[int, ...]) -> None:
-    T = sum(split)
-    inp = make_inputs(2, T)
-    full, full_final = gated_delta_rule(**inp, chunk_size=8, return_final_state=True, impl=impl)
-    state, start, pieces = None, 0, []
-    for n in split:
-        part = {name: t[:, start : start + n] for name, t in inp.items()}
-        o, state = gated_delta_rule(**part, chunk_size=8, initial_state=state, return_final_state=True, impl=impl)
-        pieces.append(o)
-        start += n
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(state, full_final, rtol=1e-10, atol=1e-10)
+    check_state_continuation(
+        lambda **kw: gated_delta_rule(**kw, chunk_size=8, impl=impl), make_inputs(2, sum(split)), split
+    )
 
 
 @pytest.mark.parametrize("impl", ["chunked", "recurrent"])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_varlen_equals_documents(impl: str, with_state: bool) -> None:
     lengths = [5, 1, 13, 9]
-    inp = make_inputs(1, sum(lengths))
     h0 = torch.randn(len(lengths), H, K, V, dtype=torch.float64) if with_state else None
-    o, final = gated_delta_rule(
-        **inp, chunk_size=4, initial_state=h0, cu_seqlens=split_cu(lengths), return_final_state=True, impl=impl
-    )
-    assert torch.isfinite(o).all() and torch.isfinite(final).all()  # the chunked path NaN-poisons its outputs
     other = "recurrent" if impl == "chunked" else "chunked"
-    start = 0
-    for i, n in enumerate(lengths):
-        part = {name: t[:, start : start + n] for name, t in inp.items()}
-        s = None if h0 is None else h0[i : i + 1]
-        o_doc, f_doc = gated_delta_rule(**part, chunk_size=4, initial_state=s, return_final_state=True, impl=other)
-        torch.testing.assert_close(o[:, start : start + n], o_doc, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(final[i : i + 1], f_doc, rtol=1e-10, atol=1e-10)
-        start += n
+    check_varlen_equals_documents(
+        lambda **kw: gated_delta_rule(**kw, chunk_size=4, impl=impl),
+        lambda **kw: gated_delta_rule(**kw, chunk_size=4, impl=other),
+        make_inputs(1, sum(lengths)), lengths, h0,
+    )
+
+
+@pytest.mark.parametrize("lengths", AWKWARD_LENGTHS, ids=str)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_varlen_one_pass_matches_recurrent(lengths: tuple[int, ...], with_state: bool) -> None:
+    # One-token documents from zero states never see their decay g (it multiplies a zero state): the gradient of g
+    # would be zero and its comparison vacuous, so that layout always gets initial states.
+    with_state = with_state or max(lengths) == 1
+    h0 = torch.randn(len(lengths), H, K, V, dtype=torch.float64) if with_state else None
+    check_varlen_matches_recurrent(
+        gated_delta_rule_chunked, gated_delta_rule_recurrent, make_inputs(1, sum(lengths)), lengths, h0
+    )
+
+
+def test_varlen_one_pass_strong_decay() -> None:
+    lengths = (3, 9, 1, 11)
+    h0 = torch.randn(len(lengths), H, K, V, dtype=torch.float64)
+    inp = make_inputs(1, sum(lengths), decay=60.0)
+    check_varlen_matches_recurrent(
+        gated_delta_rule_chunked, gated_delta_rule_recurrent, inp, lengths, h0, grad_tol=1e-8
+    )
+
+
+def test_state_pass_op_registration() -> None:
+    # The chunk-to-chunk recursion is a custom op with a fake (meta) implementation and its own backward op:
+    # opcheck runs the schema, fake-tensor, autograd-registration and AOT-dispatch checks of torch.library.
+    B_, c, Q = 2, 3, 4
+    args = (
+        torch.randn(B_, H, c, Q, V, dtype=torch.float64, requires_grad=True),
+        torch.randn(B_, H, c, Q, K, dtype=torch.float64, requires_grad=True),
+        torch.randn(B_, H, c, Q, K, dtype=torch.float64, requires_grad=True),
+        torch.rand(B_, H, c, dtype=torch.float64, requires_grad=True),
+        torch.randn(B_, H, K, V, dtype=torch.float64, requires_grad=True),
+        torch.randn(B_, H, c, K, V, dtype=torch.float64, requires_grad=True),
+    )
+    torch.library.opcheck(torch.ops.archscale.gated_delta_state_pass.default, args)
+    assert torch.autograd.gradcheck(lambda *a: state_pass(*a), args)
+
+
+def test_varlen_compiles_fullgraph() -> None:
+    inp = make_inputs(1, 24, dtype=torch.float32)
+    check_compiled_matches_eager(
+        lambda **kw: gated_delta_rule_chunked(**kw, chunk_size=4, return_final_state=True), inp, "aot_eager", 1e-6
+    )
+
+
+@pytest.mark.slow
+def test_varlen_compiles_fullgraph_inductor() -> None:
+    inp = make_inputs(1, 24, dtype=torch.float32)
+    check_compiled_matches_eager(
+        lambda **kw: gated_delta_rule_chunked(**kw, chunk_size=4, return_final_state=True), inp, "inductor", 1e-4,
+        layouts=((3, 9, 1, 11),),  # one layout: inductor's C++ codegen takes minutes on a small CPU
+    )
 
 
 @pytest.mark.parametrize("T", [1, 63])
@@ -157,6 +209,12 @@ def test_errors() -> None:
         gated_delta_rule(**inp, initial_state=torch.zeros(2, H, V, K, dtype=torch.float64))
     with pytest.raises(ValueError, match="batch size 1"):
         gated_delta_rule(**inp, cu_seqlens=split_cu([2, 3]))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        gated_delta_rule(**{n: t[:1] for n, t in inp.items()}, cu_seqlens=split_cu([2, 2]))  # ends at 4, not T = 5
+    with pytest.raises(ValueError, match="impl"):
+        gated_delta_rule(**inp, impl="triton")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="impl='fla' is not available: fla's kernels run on CUDA only"):
+        gated_delta_rule(**inp, impl="fla")
 
 
 def test_fp32_math_under_autocast() -> None:
@@ -165,3 +223,43 @@ def test_fp32_math_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         o, _ = gated_delta_rule(**inp, chunk_size=16)
     assert o.dtype == torch.float32 and rel_err(o, o_ref) < 1e-6
+
+
+def _gpu_inputs(T: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    Hh, Kk, Vv = 4, 128, 256  # GDN's shapes at half its default head size (K 256, V 512)
+    inp = {
+        "q": F.normalize(torch.randn(1, T, Hh, Kk), dim=-1), "k": F.normalize(torch.randn(1, T, Hh, Kk), dim=-1),
+        "v": torch.randn(1, T, Hh, Vv), "g": -torch.rand(1, T, Hh) * 0.2, "beta": torch.rand(1, T, Hh) * 2,
+    }
+    return {k: v.cuda().to(dtype) for k, v in inp.items()}
+
+
+GPU_LENGTHS = (700, 1, 63, 65, 1219)  # T = 2048: chunk ± 1, a one-token document, documents across chunks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_on_cuda_matches_recurrent(dtype: torch.dtype) -> None:
+    # The compiled one-pass chunked form (what impl="auto" runs on CUDA where fla refuses).
+    from archscale.kernels.varlen import compiled_call
+
+    check_fast_path_on_gpu(
+        lambda **kw: compiled_call(gated_delta_rule_chunked, **kw, chunk_size=64), gated_delta_rule_recurrent,
+        _gpu_inputs(sum(GPU_LENGTHS), dtype), GPU_LENGTHS, tol=2e-3 if dtype == torch.float32 else 3e-2,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fla_matches_recurrent_where_allowed(dtype: torch.dtype) -> None:
+    from archscale.kernels.delta_rule import fla_refusal
+
+    reason = fla_refusal(torch.device("cuda"))
+    if reason is not None:
+        with pytest.raises(RuntimeError, match="impl='fla' is not available"):
+            gated_delta_rule(**_gpu_inputs(64, dtype), impl="fla")
+        pytest.skip(reason)
+    check_fast_path_on_gpu(
+        lambda **kw: gated_delta_rule(**kw, impl="fla"), gated_delta_rule_recurrent,
+        _gpu_inputs(sum(GPU_LENGTHS), dtype), GPU_LENGTHS, tol=2e-3 if dtype == torch.float32 else 3e-2,
+    )

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_helpers import compare_grads, rel_err, split_cu
+from kernel_helpers import (
+    AWKWARD_LENGTHS,
+    check_compiled_matches_eager,
+    check_fast_path_on_gpu,
+    check_state_continuation,
+    check_varlen_equals_documents,
+    check_varlen_matches_recurrent,
+    compare_grads,
+    rel_err,
+    split_cu,
+)
 
 from archscale.kernels.ssd import ssd, ssd_chunked, ssd_recurrent
 
@@ -76,38 +86,55 @@ def test_strong_decay_stays_finite() -> None:
 @pytest.mark.parametrize("impl", ["chunked", "recurrent"])
 @pytest.mark.parametrize("split", [(1, 1), (7, 1, 12), (20, 43)])
 def test_state_continuation(impl: str, split: tuple[int, ...]) -> None:
-    T = sum(split)
-    inp = make_inputs(2, T)
-    full, full_final = ssd(**inp, chunk_size=8, return_final_state=True, impl=impl)
-    state, start, pieces = None, 0, []
-    for n in split:
-        part = {k: (v[:, start : start + n] if v.dim() > 1 else v) for k, v in inp.items()}
-        y, state = ssd(**part, chunk_size=8, initial_state=state, return_final_state=True, impl=impl)
-        pieces.append(y)
-        start += n
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(state, full_final, rtol=1e-10, atol=1e-10)
+    check_state_continuation(lambda **kw: ssd(**kw, chunk_size=8, impl=impl), make_inputs(2, sum(split)), split)
 
 
 @pytest.mark.parametrize("impl", ["chunked", "recurrent"])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_varlen_equals_documents(impl: str, with_state: bool) -> None:
     lengths = [5, 1, 13, 9]
-    inp = make_inputs(1, sum(lengths))
     h0 = torch.randn(len(lengths), H, P, N, dtype=torch.float64) if with_state else None
-    y, final = ssd(**inp, chunk_size=4, initial_state=h0, cu_seqlens=split_cu(lengths), return_final_state=True,
-                   impl=impl)
-    assert torch.isfinite(y).all() and torch.isfinite(final).all()  # the chunked path NaN-poisons its outputs
-    start = 0
-    for i, n in enumerate(lengths):
-        part = {k: (v[:, start : start + n] if v.dim() > 1 else v) for k, v in inp.items()}
-        s = None if h0 is None else h0[i : i + 1]
-        # The other implementation on the document alone: varlen of one form is checked against the other.
-        other = "recurrent" if impl == "chunked" else "chunked"
-        y_doc, f_doc = ssd(**part, chunk_size=4, initial_state=s, return_final_state=True, impl=other)
-        torch.testing.assert_close(y[:, start : start + n], y_doc, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(final[i : i + 1], f_doc, rtol=1e-10, atol=1e-10)
-        start += n
+    # Varlen of one form is checked against the other form run on each document alone.
+    other = "recurrent" if impl == "chunked" else "chunked"
+    check_varlen_equals_documents(
+        lambda **kw: ssd(**kw, chunk_size=4, impl=impl), lambda **kw: ssd(**kw, chunk_size=4, impl=other),
+        make_inputs(1, sum(lengths)), lengths, h0,
+    )
+
+
+@pytest.mark.parametrize("lengths", AWKWARD_LENGTHS, ids=str)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_varlen_one_pass_matches_recurrent(lengths: tuple[int, ...], with_state: bool) -> None:
+    # One-token documents from zero states never see their decay A (it multiplies a zero state): the gradient of A
+    # would be zero and its comparison vacuous, so that layout always gets initial states.
+    with_state = with_state or max(lengths) == 1
+    h0 = torch.randn(len(lengths), H, P, N, dtype=torch.float64) if with_state else None
+    check_varlen_matches_recurrent(ssd_chunked, ssd_recurrent, make_inputs(1, sum(lengths)), lengths, h0)
+
+
+def test_varlen_one_pass_strong_decay() -> None:
+    # Log-decays down to -60 per step across document boundaries: masked exps must neither overflow nor NaN.
+    lengths = (3, 9, 1, 11)
+    h0 = torch.randn(len(lengths), H, P, N, dtype=torch.float64)
+    inp = make_inputs(1, sum(lengths), decay=30.0)
+    check_varlen_matches_recurrent(ssd_chunked, ssd_recurrent, inp, lengths, h0, grad_tol=1e-8)
+
+
+def test_varlen_compiles_fullgraph() -> None:
+    # aot_eager: dynamo (no graph break, no host sync) and AOT autograd, without the minutes of C++ codegen.
+    inp = make_inputs(1, 24, dtype=torch.float32)
+    check_compiled_matches_eager(
+        lambda **kw: ssd_chunked(**kw, chunk_size=4, return_final_state=True), inp, "aot_eager", 1e-6
+    )
+
+
+@pytest.mark.slow
+def test_varlen_compiles_fullgraph_inductor() -> None:
+    inp = make_inputs(1, 24, dtype=torch.float32)
+    check_compiled_matches_eager(
+        lambda **kw: ssd_chunked(**kw, chunk_size=4, return_final_state=True), inp, "inductor", 1e-4,
+        layouts=((3, 9, 1, 11),),  # one layout: inductor's C++ codegen takes minutes on a small CPU
+    )
 
 
 @pytest.mark.parametrize("T", [1, 63])
@@ -158,3 +185,22 @@ def test_fp32_math_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, _ = ssd(**inp, chunk_size=16)
     assert y.dtype == torch.float32 and rel_err(y, y_ref) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_auto_on_cuda_matches_recurrent(dtype: torch.dtype) -> None:
+    # impl="auto" on CUDA: the one-pass chunked form compiled (fullgraph), at Mamba-2's default head sizes.
+    Hh, Pp, Gg, Nn = 8, 64, 1, 128
+    lengths = (700, 1, 255, 257, 835)  # T = 2048: chunk ± 1, a one-token document, documents across chunks
+    T = sum(lengths)
+    inp = {
+        "x": torch.randn(1, T, Hh, Pp), "dt": torch.rand(1, T, Hh) * 0.1 + 0.001,
+        "A": -(torch.rand(Hh) * 15 + 1), "B": torch.randn(1, T, Gg, Nn) / Nn**0.5,
+        "C": torch.randn(1, T, Gg, Nn) / Nn**0.5, "D": torch.ones(Hh),
+    }
+    inp = {k: v.cuda().to(dtype) for k, v in inp.items()}
+    check_fast_path_on_gpu(
+        lambda **kw: ssd(**kw, chunk_size=256, impl="auto"), ssd_recurrent, inp, lengths,
+        tol=2e-3 if dtype == torch.float32 else 3e-2,
+    )

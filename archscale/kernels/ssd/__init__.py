@@ -13,8 +13,13 @@ Layout (fla-style, time-major):
 Returns ``(y, final_state)``: y (B, T, H, P) = SSD(x) + D·x in x's dtype (math in fp32, float64 kept);
 final_state (B, H, P, N) / (N_docs, H, P, N) in the compute dtype when ``return_final_state``, else None.
 
-impl: "chunked" (the SSD algorithm, the default on CPU), "recurrent" (the step-by-step specification), "auto"
-(chunked for now; a GPU kernel is issue #8).
+impl:
+    "recurrent"  the step-by-step specification.
+    "chunked"    the SSD algorithm in one pass over the (packed) stream, varlen included; eager.
+    "auto"       a single token (T == 1, decoding): "recurrent". On CUDA: "chunked" compiled
+                 (``torch.compile(fullgraph=True)`` built once; inside a compiled model the model's own compile
+                 fuses it). Elsewhere: "chunked".
+There is no fused Triton SSD kernel here; mamba-ssm's would be the one to plug in when importable.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from typing import Literal
 import torch
 
 from archscale.kernels.ssd.reference import ssd_chunked, ssd_recurrent
-from archscale.kernels.varlen import fp32_region
+from archscale.kernels.varlen import compiled_call, fp32_region
 
 __all__ = ["ssd", "ssd_chunked", "ssd_recurrent"]
+
+_IMPLS = ("auto", "chunked", "recurrent")
 
 
 def ssd(
@@ -43,9 +50,11 @@ def ssd(
     impl: Literal["auto", "chunked", "recurrent"] = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The SSD scan (see the module docstring)."""
-    if impl not in ("auto", "chunked", "recurrent"):
-        raise ValueError(f"impl must be 'auto', 'chunked' or 'recurrent', got {impl!r}")
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, _IMPLS))}, got {impl!r}")
+    choice = impl if impl != "auto" else "recurrent" if x.shape[1] == 1 else "compiled" if x.is_cuda else "chunked"
     with fp32_region(x):
-        if impl == "recurrent":
+        if choice == "recurrent":
             return ssd_recurrent(x, dt, A, B, C, D, initial_state, cu_seqlens, return_final_state)
-        return ssd_chunked(x, dt, A, B, C, D, chunk_size, initial_state, cu_seqlens, return_final_state)
+        args = (x, dt, A, B, C, D, chunk_size, initial_state, cu_seqlens, return_final_state)
+        return compiled_call(ssd_chunked, *args) if choice == "compiled" else ssd_chunked(*args)

@@ -1,0 +1,144 @@
+"""The one sequential part of the chunked gated delta rule: passing the state from chunk to chunk.
+
+With the WY form (:mod:`archscale.kernels.delta_rule.reference`), chunk c's state updates depend on the state h_c
+entering it, so the chunks are visited in order:
+
+    Δ_c     = U_c - W_c h_c                                 (Q × V; U, W from the chunk's triangular solve)
+    h_{c+1} = a_c h_c + K̃_cᵀ Δ_c + inj_c                    (K × V; a_c the chunk decay, K̃ the decayed keys)
+
+Everything else (the solve, the outputs o = Q̃ h_c + (QKᵀ ∘ Γ) Δ_c, the final states) is batched over chunks.
+
+Written as a loop in Python, this recursion is unrolled by ``torch.compile``: at T = 16K and Q = 64 that is 256
+copies of the body in the forward graph and again in the backward one, and compile time grows with it. Here it is
+one custom op with its own backward op (:func:`torch.library.custom_op`): opaque to the compiler, so a compiled
+model keeps one node for it whatever T is, and its body runs as plain PyTorch kernels. The backward runs the
+recursion in reverse (for c = nc-1 … 0, with dh the gradient reaching h_{c+1}):
+
+    dΔ_c = dΔ_c(outputs) + K̃_c dh      dU_c = dΔ_c      dW_c = -dΔ_c h_cᵀ      dK̃_c = Δ_c dhᵀ
+    da_c = ⟨h_c, dh⟩                    dinj_c = dh      dh ← dh_c(outputs) + a_c dh - W_cᵀ dΔ_c
+
+A Triton kernel holding h on chip across chunks (fla's ``chunk_gated_delta_rule_fwd_h`` does this) is the next
+step for speed; it would replace these two bodies and keep the interface.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+__all__ = ["state_pass"]
+
+
+@torch.library.custom_op("archscale::gated_delta_state_pass", mutates_args=())
+def _state_pass(
+    U: torch.Tensor,  # (B, H, c, Q, V)
+    W: torch.Tensor,  # (B, H, c, Q, K)
+    k_dec: torch.Tensor,  # (B, H, c, Q, K)
+    decay: torch.Tensor,  # (B, H, c)
+    h0: torch.Tensor,  # (B, H, K, V)
+    inject: torch.Tensor | None,  # (B, H, c, K, V)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    nc = U.shape[2]
+    h_in = U.new_empty(*U.shape[:3], *h0.shape[-2:])  # (B, H, c, K, V)
+    delta = torch.empty_like(U)
+    h = h0
+    for c in range(nc):
+        h_in[:, :, c] = h
+        d = U[:, :, c] - W[:, :, c] @ h  # (B, H, Q, V)
+        delta[:, :, c] = d
+        h = decay[:, :, c, None, None] * h + k_dec[:, :, c].transpose(-1, -2) @ d
+        if inject is not None:
+            h = h + inject[:, :, c]
+    return h_in, delta, h.clone() if nc == 0 else h  # an output must not alias an input
+
+
+@_state_pass.register_fake
+def _(U, W, k_dec, decay, h0, inject):
+    return U.new_empty(*U.shape[:3], *h0.shape[-2:]), torch.empty_like(U), torch.empty_like(h0)
+
+
+@torch.library.custom_op("archscale::gated_delta_state_pass_bwd", mutates_args=())
+def _state_pass_bwd(
+    d_h_in: torch.Tensor,
+    d_delta: torch.Tensor,
+    d_final: torch.Tensor,
+    W: torch.Tensor,
+    k_dec: torch.Tensor,
+    decay: torch.Tensor,
+    h_in: torch.Tensor,
+    delta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    nc = W.shape[2]
+    dU, dW, dk = torch.empty_like(delta), torch.empty_like(W), torch.empty_like(k_dec)
+    d_decay, d_inject = torch.empty_like(decay), torch.empty_like(h_in)
+    dh = d_final  # gradient reaching the state leaving chunk c
+    for c in reversed(range(nc)):
+        d_inject[:, :, c] = dh
+        d_decay[:, :, c] = (h_in[:, :, c] * dh).sum((-2, -1))
+        dk[:, :, c] = delta[:, :, c] @ dh.transpose(-1, -2)
+        dd = d_delta[:, :, c] + k_dec[:, :, c] @ dh  # (B, H, Q, V)
+        dU[:, :, c] = dd
+        dW[:, :, c] = -(dd @ h_in[:, :, c].transpose(-1, -2))
+        dh = d_h_in[:, :, c] + decay[:, :, c, None, None] * dh - W[:, :, c].transpose(-1, -2) @ dd
+    return dU, dW, dk, d_decay, dh.clone() if nc == 0 else dh, d_inject
+
+
+@_state_pass_bwd.register_fake
+def _(d_h_in, d_delta, d_final, W, k_dec, decay, h_in, delta):
+    return (
+        torch.empty_like(delta), torch.empty_like(W), torch.empty_like(k_dec), torch.empty_like(decay),
+        torch.empty_like(d_final), torch.empty_like(h_in),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, W, k_dec, decay, _, inject = inputs
+    h_in, delta, _ = output
+    ctx.save_for_backward(W, k_dec, decay, h_in, delta)
+    ctx.has_inject = inject is not None
+
+
+def _backward(ctx, d_h_in, d_delta, d_final):
+    W, k_dec, decay, h_in, delta = ctx.saved_tensors
+    # An output nobody used arrives as None: its gradient is zero.
+    d_h_in = torch.zeros_like(h_in) if d_h_in is None else d_h_in
+    d_delta = torch.zeros_like(delta) if d_delta is None else d_delta
+    d_final = h_in.new_zeros(*h_in.shape[:2], *h_in.shape[3:]) if d_final is None else d_final
+    dU, dW, dk, d_decay, dh0, d_inject = _state_pass_bwd(d_h_in, d_delta, d_final, W, k_dec, decay, h_in, delta)
+    return dU, dW, dk, d_decay, dh0, d_inject if ctx.has_inject else None
+
+
+_state_pass.register_autograd(_backward, setup_context=_setup_context)
+
+
+def state_pass(
+    U: torch.Tensor,
+    W: torch.Tensor,
+    k_dec: torch.Tensor,
+    decay: torch.Tensor,
+    h0: torch.Tensor,
+    inject: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the chunk-to-chunk recursion (see the module docstring). Shapes: U (B, H, c, Q, V), W and k_dec
+    (B, H, c, Q, K), decay (B, H, c), h0 (B, H, K, V), inject (B, H, c, K, V) or None. Returns (h_in (B, H, c, K, V),
+    the state entering each chunk; Δ (B, H, c, Q, V); the state after the last chunk (B, H, K, V))."""
+    return _state_pass(U, W, k_dec, decay.expand(U.shape[:3]).contiguous(), h0, inject)
+
+
+# FlopCounterMode sees a custom op as one opaque call: tell it the op's matmuls, so that the chunked form's FLOP
+# count (reference.py's docstring, the GDN mixer's count_flops) stays exact. Forward: W h and K̃ᵀΔ, 2·Q·K·V each per
+# chunk and (B, H); backward: K̃ dh, dΔ hᵀ, Wᵀ dΔ and Δ dhᵀ.
+@register_flop_formula(torch.ops.archscale.gated_delta_state_pass)
+def _state_pass_flops(U_shape, W_shape, *args, **kwargs) -> int:
+    *batch, Q, V = U_shape
+    K = W_shape[-1]
+    return 2 * 2 * math.prod(batch) * Q * K * V
+
+
+@register_flop_formula(torch.ops.archscale.gated_delta_state_pass_bwd)
+def _state_pass_bwd_flops(d_h_in_shape, d_delta_shape, d_final_shape, W_shape, *args, **kwargs) -> int:
+    *batch, Q, V = d_delta_shape
+    K = W_shape[-1]
+    return 4 * 2 * math.prod(batch) * Q * K * V
