@@ -5,7 +5,8 @@
     archscale sweep | fit | coord-check ...   (archscale/scaling/cli.py)
     archscale list [KIND] [--all]
     archscale data prepare|train-tokenizer|inspect ...
-    archscale generate RUN_DIR --prompt TEXT
+    archscale generate RUN_DIR --prompt TEXT [--stop TEXT ...]
+    archscale eval lm-eval|phonebook|niah|length RUN ...   (archscale/eval/cli.py)
 
 RECIPE is a registered recipe name (``archscale list recipes``) or ``path/to/file.py:function`` /
 ``package.module:function`` naming a function that returns a Recipe.
@@ -79,6 +80,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in kinds:
         if kind not in reg.ALL_REGISTRIES:
             raise CLIError(f"Unknown registry '{kind}'. Available: {', '.join(reg.ALL_REGISTRIES)}")
+    if args.markdown:
+        print(registry_markdown(kinds))
+        return 0
+    for kind in kinds:
         registry = reg.ALL_REGISTRIES[kind]
         print(f"{kind}:")
         entries = registry.entries()
@@ -91,13 +96,57 @@ def cmd_list(args: argparse.Namespace) -> int:
                 try:
                     fields = registry.config_model(entry.name).model_fields
                     line += "\n      params: " + (", ".join(fields) if fields else "(none)")
-                    doc = (getattr(entry.obj, "__doc__", "") or "").strip().splitlines()
-                    if doc:
-                        line += f"\n      {doc[0]}"
+                    summary = _summary(entry.obj)
+                    if summary:
+                        line += f"\n      {summary}"
                 except reg.PluginLoadError as exc:
                     line += f"\n      BROKEN: {exc}"
             print(line)
     return 0
+
+
+def _summary(obj: Any) -> str:
+    """The first paragraph of an entry's docstring, on one line."""
+    doc = (getattr(obj, "__doc__", "") or "").strip()
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
+def registry_markdown(kinds: Sequence[str]) -> str:
+    """The registries as a markdown reference: per entry its origin, summary and a table of its params (type,
+    default, description). ``archscale list --markdown`` prints it; docs/gen_reference.py commits it."""
+    from pydantic_core import PydanticUndefined
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out: list[str] = []
+    for kind in kinds:
+        registry = reg.ALL_REGISTRIES[kind]
+        out += [f"## {kind}", ""]
+        for entry in registry.entries():
+            out += [f"### `{entry.name}`", "", f"From `{entry.origin}`.", ""]
+            try:
+                summary, fields = _summary(entry.obj), registry.config_model(entry.name).model_fields
+            except reg.PluginLoadError as exc:
+                out += [f"BROKEN: {exc}", ""]
+                continue
+            if summary:
+                out += [summary, ""]
+            if not fields:
+                out += ["No params.", ""]
+                continue
+            out += ["| param | type | default | description |", "|---|---|---|---|"]
+            for name, field in fields.items():
+                kind_text = getattr(field.annotation, "__name__", None) if isinstance(field.annotation, type) else None
+                kind_text = kind_text or str(field.annotation).replace("typing.", "")
+                if field.default is PydanticUndefined and field.default_factory is None:
+                    default = "required"
+                else:
+                    value = field.get_default(call_default_factory=True)
+                    default = f"`{json.dumps(value, default=str, ensure_ascii=False)}`"
+                out.append(f"| `{name}` | `{cell(kind_text)}` | {cell(default)} | {cell(field.description or '')} |")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -130,7 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"system.out_dir={json.dumps(args.out)}")
     recipe = load_recipe(args.recipe, overrides)
     result = Trainer(recipe).fit()
-    print(f"run directory: {result.run_dir}")
+    if result.global_rank == 0:  # every process of a multi-process job returns a result: report it once
+        print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -148,6 +198,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         num_samples=args.num_samples,
+        stop=args.stop,
     ):
         print(text)
         print("-" * 40)
@@ -194,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered components and where they come from")
     p.add_argument("kind", nargs="?", default=None, help=f"one of: {', '.join(reg.ALL_REGISTRIES)}")
     p.add_argument("--all", action="store_true", help="also show each entry's params and summary")
+    p.add_argument("--markdown", action="store_true",
+                   help="print a markdown reference (params with types, defaults, descriptions); docs/reference.md")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("generate", help="sample text from a trained run")
@@ -205,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop a sample when its continuation contains TEXT, cut before it (repeatable)")
     p.set_defaults(func=cmd_generate)
 
     from archscale.data.cli import add_subparser as add_data
@@ -213,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     from archscale.scaling.cli import add_subparser as add_scaling  # sweep, fit, coord-check
 
     add_scaling(sub)
+    from archscale.eval.cli import add_subparser as add_eval  # lm-eval, phonebook, niah, length
+
+    add_eval(sub)
     return parser
 
 
