@@ -1,11 +1,17 @@
 """Data parallelism through Lightning Fabric: the strategy for a recipe, and FSDP2 sharding of our models.
 
 Model code stays single-device (torchtitan's lesson): this module alone knows about process groups and sharding.
-- ``ddp``: Fabric's DDPStrategy (gloo on CPU, NCCL on GPU).
+- ``ddp``: Fabric's DDPStrategy (gloo on CPU, NCCL on GPU); every rank holds the whole model and optimizer state.
 - ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) through Fabric's ModelParallelStrategy, one
-  ``fully_shard`` per residual block then the root, with a mixed-precision policy (bf16 parameters for compute,
-  fp32 gradient reduction) under bf16 precision; checkpoints are distributed (one shard per rank) and reload on
-  any world size. ``hsdp_replicas > 1`` shards within groups and replicates across them (HSDP).
+  ``fully_shard`` per residual block then the root, so that one block's parameters are all-gathered at a time.
+  Parameters, gradients and optimizer state are DTensors sharded along dim 0. Under bf16 precision a
+  MixedPrecisionPolicy all-gathers and computes in bf16 and reduces gradients in fp32, while the shards (the
+  optimizer's master weights) stay fp32. Checkpoints are distributed (one shard per rank) and reload on any
+  world size.
+- ``hsdp_replicas = R > 1`` (HSDP; hybrid sharding in Zhao et al. 2023, "PyTorch FSDP"): a 2-D (replicate,
+  shard) mesh of R × W/R ranks, row-major, so each group of W/R consecutive ranks (the GPUs of a node, when W/R
+  is the node size) shards the model and the R groups are replicas: all-gathers and reduce-scatters stay inside
+  a group, only the gradient all-reduce crosses groups.
 """
 
 from __future__ import annotations
@@ -31,13 +37,21 @@ def make_strategy(
     backend = "nccl" if accelerator == "cuda" else "gloo"
     if name == "auto":
         name = "ddp" if world_size > 1 else "single"
+    if hsdp_replicas > 1 and name != "fsdp":
+        raise ValueError(
+            f"system.hsdp_replicas={hsdp_replicas} needs system.strategy=fsdp (resolved to {name!r}): HSDP is FSDP2 "
+            "over a (replicate, shard) mesh; set system.strategy=fsdp or leave hsdp_replicas at 1"
+        )
     if name == "single":
         return "auto"
     if name == "ddp":
         return DDPStrategy(process_group_backend=backend, timeout=timeout)
     if name == "fsdp":
         if world_size % hsdp_replicas:
-            raise ValueError(f"system.hsdp_replicas={hsdp_replicas} must divide the world size {world_size}")
+            raise ValueError(
+                f"system.hsdp_replicas={hsdp_replicas} must divide the world size {world_size} "
+                "(system.num_devices × system.num_nodes)"
+            )
         bf16 = precision.startswith("bf16")
         return ModelParallelStrategy(
             parallelize_fn=partial(fsdp2_parallelize, bf16_params=bf16, hsdp_replicas=hsdp_replicas),
@@ -51,7 +65,8 @@ def make_strategy(
 
 
 def fsdp2_parallelize(model: nn.Module, device_mesh: Any, *, bf16_params: bool, hsdp_replicas: int = 1) -> nn.Module:
-    """Shard each residual block, then the root (embedding, final norm, head), with FSDP2."""
+    """Shard each residual block, then the root (embedding, final norm, head), with FSDP2; over a
+    (replicate, shard) mesh of ``hsdp_replicas`` rows when that is > 1 (HSDP)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = device_mesh["data_parallel"]

@@ -40,6 +40,7 @@ class FitResult:
     tokens: int
     final_loss: float | None
     final_val_loss: float | None
+    global_rank: int = 0  # every process returns a result; only rank 0 should report it
 
 
 class Trainer:
@@ -265,7 +266,7 @@ class Trainer:
             if last_val is not None:
                 summary += f", validation loss {last_val:.4f}"
             progress.message(summary + (f"; loss curve {plot}" if plot else ""))
-        return FitResult(self.run_dir, steps, int(state["tokens"]), last_loss, last_val)
+        return FitResult(self.run_dir, steps, int(state["tokens"]), last_loss, last_val, fabric.global_rank)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _find_resume(self, resolved: ResolvedRecipe) -> Path | None:
@@ -326,8 +327,9 @@ def _make_fabric(recipe: Recipe) -> Fabric:
     precision = s.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
-    if s.strategy == "fsdp" and precision == "bf16-mixed":
-        precision = "bf16-true"  # FSDP2's MixedPrecisionPolicy does the casting (bf16 compute, fp32 reduction)
+    # Under fsdp, bf16-mixed keeps Fabric's autocast and adds FSDP2's MixedPrecisionPolicy (bf16 all-gathers and
+    # compute, fp32 reduction); the sharded parameters, which the optimizer updates, stay fp32. ("bf16-true" would
+    # make Fabric cast the whole model to bf16 first, leaving no fp32 master weights.)
     world = s.num_devices * s.num_nodes
     strategy = make_strategy(
         s.strategy, accelerator=accelerator, world_size=world, precision=precision, timeout_s=s.dist_timeout_s,

@@ -1,12 +1,15 @@
 """Data parallelism on CPU with gloo, 2 processes: DDP and FSDP2 reproduce single-process losses at the same
-global batch; a sharded checkpoint resumes on 1 and 2 processes; a failing rank ends the whole job, named."""
+global batch (also with document-masked varlen batches and with the hybrid Muon optimizer); a sharded checkpoint
+resumes on 1 and 2 processes; a failing rank ends the whole job, named; the torchrun-launched CLI reports once."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,49 +17,116 @@ import torch
 from tiny_run import tiny_recipe  # type: ignore[import-not-found]
 
 from archscale.models.lm import build_model
-from archscale.train.checkpoint import consolidate_checkpoint, list_checkpoints, read_model_weights
+from archscale.train.checkpoint import (
+    consolidate_checkpoint,
+    list_checkpoints,
+    read_model_weights,
+)
 from archscale.train.metrics import read_metrics
 
 SCRIPT = Path(__file__).resolve().parent / "dist_run.py"
+# Newton–Schulz in float32 so that Muon's distributed and single-process updates agree to float32 round-off.
+MUON = ("optimizer.name=muon", "optimizer.params.ns_dtype=float32")
+VARLEN = ("data.varlen=true",)
 
 
 def run(data: Path, out: Path, strategy: str, devices: int, steps: int = 8, fail: tuple[int, int] | None = None,
-        timeout: float = 400, arch: str = "transformer") -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, str(SCRIPT), str(data), str(out), arch, strategy, str(devices), str(steps)]
+        timeout: float = 400, arch: str = "transformer", overrides: Sequence[str] = ()
+        ) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, str(SCRIPT), str(data), str(out), arch, strategy, str(devices), str(steps), *overrides]
     if fail:
-        args += [str(fail[0]), str(fail[1])]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        args.append(f"fail={fail[0]}:{fail[1]}")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def losses(out: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(out) if "loss" in r]
 
 
+Reference = Callable[..., list[float]]
+
+
 @pytest.fixture(scope="module")
-def single_losses(pattern_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[float]]:
-    out = {}
-    for arch in ("transformer", "sambay"):
-        run_dir = tmp_path_factory.mktemp("single") / arch
-        proc = run(pattern_data, run_dir, "auto", 1, arch=arch)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[arch] = losses(run_dir)
-    return out
+def reference(pattern_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """Single-process losses of the tiny recipe for (arch, overrides), each run once per module."""
+    cache: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+
+    def get(arch: str = "transformer", overrides: Sequence[str] = ()) -> list[float]:
+        key = (arch, tuple(overrides))
+        if key not in cache:
+            run_dir = tmp_path_factory.mktemp("single") / arch
+            proc = run(pattern_data, run_dir, "auto", 1, arch=arch, overrides=overrides)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            cache[key] = losses(run_dir)
+        return cache[key]
+
+    return get
 
 
 @pytest.mark.parametrize("arch", ["transformer", "sambay"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(
-    strategy: str, arch: str, pattern_data: Path, tmp_path: Path, single_losses: dict[str, list[float]]
+    strategy: str, arch: str, pattern_data: Path, tmp_path: Path, reference: Reference
 ) -> None:
     out = tmp_path / strategy
     proc = run(pattern_data, out, strategy, 2, arch=arch)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = losses(out)
-    assert len(got) == len(single_losses[arch]) == 8
-    assert got == pytest.approx(single_losses[arch], rel=1e-5, abs=1e-6)
+    assert len(got) == len(reference(arch)) == 8
+    assert got == pytest.approx(reference(arch), rel=1e-5, abs=1e-6)
     assert got[-1] < got[0]
     resolved = (out / "recipe.resolved.json").read_text()
     assert '"world_size": 2' in resolved
+
+
+@pytest.mark.parametrize(
+    ("feature", "arch", "overrides"),
+    # Varlen on SambaY: its Mamba, sliding-window and full-attention mixers all restart at document boundaries.
+    [("varlen", "sambay", VARLEN), ("muon", "transformer", MUON)],
+)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_varlen_and_muon_two_processes_match_one(
+    strategy: str, feature: str, arch: str, overrides: tuple[str, ...], pattern_data: Path, tmp_path: Path,
+    reference: Reference,
+) -> None:
+    out = tmp_path / f"{feature}-{strategy}"
+    proc = run(pattern_data, out, strategy, 2, arch=arch, overrides=overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = reference(arch, overrides)
+    got = losses(out)
+    assert len(got) == len(expected) == 8
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # The feature really changed the run: otherwise this would only repeat the plain test above.
+    assert max(abs(a - b) for a, b in zip(expected, reference(arch))) > 1e-3, f"{feature} had no effect"
+    assert got[-1] < got[0]
+
+
+def test_fsdp_bf16_mixed_keeps_fp32_sharded_parameters(pattern_data: Path, tmp_path: Path, reference: Reference) -> None:
+    """bf16-mixed under FSDP2: bf16 all-gathers and compute (MixedPrecisionPolicy plus autocast), but the sharded
+    parameters the optimizer updates stay fp32 master weights; losses track the single-process bf16-mixed run to
+    bf16 round-off."""
+    out = tmp_path / "bf16"
+    bf16 = ("system.precision=bf16-mixed",)
+    proc = run(pattern_data, out, "fsdp", 2, overrides=[*bf16, "report_mesh=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "mesh-rank0.json").read_text())
+    assert {p["dtype"] for k, p in report.items() if k != "world_size"} == {"float32"}, report
+    assert losses(out) == pytest.approx(reference("transformer", bf16), abs=1e-2)
+
+
+@pytest.mark.gpu
+def test_fsdp_on_one_gpu_with_compile_and_bf16(pattern_data: Path, tmp_path: Path) -> None:
+    """The CUDA defaults (bf16-mixed, torch.compile) under FSDP2 on one GPU: fp32 sharded parameters, and the same
+    losses as the plain single-device run to bf16 round-off."""
+    cuda = ("system.device=cuda",)
+    single, sharded = tmp_path / "single", tmp_path / "fsdp"
+    for out, strategy, extra in ((single, "auto", ()), (sharded, "fsdp", ("report_mesh=1",))):
+        proc = run(pattern_data, out, strategy, 1, overrides=[*cuda, *extra])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((sharded / "mesh-rank0.json").read_text())
+    assert report["embed.weight"]["type"] == "DTensor" and report["embed.weight"]["dtype"] == "float32"
+    assert losses(sharded) == pytest.approx(losses(single), abs=2e-2)
+    assert losses(sharded)[-1] < losses(sharded)[0]
 
 
 def test_sharded_checkpoint_resumes_on_one_and_two_processes(pattern_data: Path, tmp_path: Path) -> None:
@@ -99,10 +169,9 @@ def test_failure_on_one_rank_ends_the_job_and_names_the_rank(pattern_data: Path,
         assert elapsed < 100, f"the job took {elapsed:.0f} s to end: a surviving rank waited"
 
 
-def test_torchrun_launch_of_the_cli_matches_one_process(
-    pattern_data: Path, tmp_path: Path, single_losses: dict[str, list[float]]
-) -> None:
-    """`torchrun ... -m archscale train` (the cluster launch path): Fabric joins the processes torchrun started."""
+def test_torchrun_launch_of_the_cli_matches_one_process(pattern_data: Path, tmp_path: Path, reference: Reference) -> None:
+    """`torchrun ... -m archscale train` (the cluster launch path): Fabric joins the processes torchrun started;
+    only rank 0 reports the run directory (the ranks share one stdout)."""
     recipe_file = tmp_path / "recipe.py"
     recipe_file.write_text(
         "import sys\n"
@@ -118,4 +187,5 @@ def test_torchrun_launch_of_the_cli_matches_one_process(
         capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert losses(tmp_path / "run") == pytest.approx(single_losses["transformer"], rel=1e-5, abs=1e-6)
+    assert losses(tmp_path / "run") == pytest.approx(reference("transformer"), rel=1e-5, abs=1e-6)
+    assert proc.stdout.count("run directory:") == 1, proc.stdout
