@@ -134,7 +134,10 @@ def _describe(title: str, params: Mapping[str, float], ci: Mapping[str, tuple[fl
 def _flops_for_loss(A: float, b: float, C0: float, loss: float) -> float:
     if loss <= C0 or b <= 0:
         return math.inf
-    return float((A / (loss - C0)) ** (1.0 / b))
+    try:
+        return float((A / (loss - C0)) ** (1.0 / b))
+    except OverflowError:  # a near-flat fit (b → 0): the loss is out of reach at any finite compute
+        return math.inf
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -69,13 +69,23 @@ def sweep_axes(
 ) -> dict[str, list[Any]]:
     """The recipe fields the shortcut axes set (see the module docstring)."""
     law = recipe.scaling.law is not None
+    # A law with tokens="budget" takes the training length from the budget section, not from base.tokens.
+    law_sets_tokens = False
+    if recipe.scaling.law is not None:
+        from archscale.registry import scaling_laws
+
+        config = scaling_laws.config_model(recipe.scaling.law.name).model_validate(recipe.scaling.law.params)
+        law_sets_tokens = getattr(config, "tokens", None) != "budget"
     axes: dict[str, list[Any]] = {}
     if depths:
         axes["model.params.depth"] = [int(d) for d in depths]
     if lrs:
         axes["scaling.base.lr" if law else "optimizer.lr"] = [float(x) for x in lrs]
     if tokens:
-        axes["scaling.base.tokens" if law else "budget.tokens"] = [float(t) if law else int(t) for t in tokens]
+        if law_sets_tokens:
+            axes["scaling.base.tokens"] = [float(t) for t in tokens]
+        else:
+            axes["budget.tokens"] = [int(t) for t in tokens]
     return axes
 
 

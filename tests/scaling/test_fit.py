@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from archscale.scaling import fit_parametric, fit_power_law
-from archscale.scaling.fit import compare_power_laws, lbfgs, plot_parametric, plot_power_laws, read_csv_columns
+from archscale.scaling.fit import (
+    PowerLawFit,
+    compare_power_laws,
+    lbfgs,
+    plot_parametric,
+    plot_power_laws,
+    read_csv_columns,
+)
 
 CHINCHILLA = Path(__file__).resolve().parents[1] / "data_files" / "chinchilla_hoffmann2022_fig4.csv"
 
@@ -143,3 +150,11 @@ def test_lbfgs_minimises_rosenbrock() -> None:
 
     x, f = lbfgs(rosen, np.array([-1.2, 1.0]))
     assert np.allclose(x, [1.0, 1.0], atol=1e-6) and f < 1e-12
+
+
+def test_compute_for_a_loss_of_a_near_flat_fit_is_infinite_not_an_overflow() -> None:
+    # A fitted exponent b → 0 (e.g. tiny toy runs with no trend) makes (A/(L − C0))^(1/b) overflow a float.
+    fit = PowerLawFit(A=5.0, b=1e-26, C0=1.0, n_points=3, rss=0.0)
+    assert fit.flops_for_loss(3.0) == math.inf
+    assert fit.flops_for_loss(0.5) == math.inf  # below the irreducible loss
+    assert PowerLawFit(A=100.0, b=0.5, C0=1.0, n_points=3, rss=0.0).flops_for_loss(2.0) == pytest.approx(1e4)

@@ -100,6 +100,10 @@ def test_sweep_axes_follow_the_recipe() -> None:
 
     assert set(sweep_axes(default(), lrs=[1e-3], tokens=[1e6])) == {"optimizer.lr", "budget.tokens"}
     assert set(sweep_axes(archscale_v1(), lrs=[1e-3], tokens=[1e9])) == {"scaling.base.lr", "scaling.base.tokens"}
+    # A law that takes its length from the budget section: the token axis must set the budget, not base.tokens.
+    from_budget = archscale_v1().model_copy(deep=True)
+    from_budget.scaling.law.params["tokens"] = "budget"
+    assert sweep_axes(from_budget, tokens=[1e6]) == {"budget.tokens": [1000000]}
     runs = expand_sweep(default(), sweep_axes(default(), tokens=[1e6, 2e6]), out_dir="x")
     assert [r.recipe.budget.tokens for r in runs] == [1_000_000, 2_000_000]
     assert all(r.recipe.budget.steps is None for r in runs)
