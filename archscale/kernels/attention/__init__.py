@@ -21,8 +21,8 @@ Dispatch (``impl="auto"``); every path computes exactly :func:`attention_referen
                                              PyTorch falling back to flash / efficient / math where cuDNN refuses
     CUDA, window and/or documents            first of :data:`WINDOW_VARLEN_ORDER` that fits: flash-attn when
                                              importable, torch's ``varlen_attn`` (both fp16/bf16 only, head_dim a
-                                             multiple of 8 up to 256), compiled FlexAttention (any dtype), else
-                                             the reference
+                                             multiple of 8 up to 256), compiled FlexAttention (fp16/bf16; fp32
+                                             only inside torch.compile), else the reference
 
 Backends whose kernels need V == K ("sdpa", "varlen", "flash") get the values in K-wide slices, one call per
 slice: attention is linear in V, so the result is exact and costs one more score computation per slice.
@@ -93,7 +93,10 @@ def _fits(impl: str, q: torch.Tensor, window: int | None, cu_seqlens: torch.Tens
     if q.device.type != "cuda":
         return False
     if impl == "flex":
-        return True
+        # fp32 FlexAttention through our stand-alone compiled helper fails to lower in torch 2.11's inductor
+        # ("'function' object has no attribute 'graph'", H100, 2026-11-25) while the same call traced inside a
+        # compiled model works: outside torch.compile, fp32 goes to the reference.
+        return q.dtype in (torch.float16, torch.bfloat16) or torch.compiler.is_compiling()
     half = q.dtype in (torch.float16, torch.bfloat16)
     K = q.shape[-1]
     flash_shape = half and K % 8 == 0 and K <= 256  # the flash kernels' head sizes and dtypes
