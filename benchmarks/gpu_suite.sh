@@ -15,12 +15,12 @@ python3 -c "import torch, lightning_fabric, pydantic; print('torch', torch.__ver
 
 if has tests; then
 echo "== GPU tests (every test marked gpu)"
-python3 -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -5
+timeout ${TESTS_TIMEOUT:-400} python3 -m pytest ${TESTS:-tests} -m gpu -q -p no:cacheprovider --durations=10 --tb=short 2>&1 | tee "$OUT/pytest_gpu.log" | tail -30
 fi
 
 if has kernels; then
 echo "== kernel benchmarks (each against its reference / baseline in the same process)"
-for b in selective_scan_bench attention_bench fused_ce_bench recurrent_mixers_bench; do
+for b in ${BENCHES:-selective_scan_bench attention_bench fused_ce_bench recurrent_mixers_bench}; do
   [ -f "benchmarks/$b.py" ] || continue
   echo "-- $b"
   timeout 420 python3 "benchmarks/$b.py" 2>&1 | tee "$OUT/$b.log" | tail -25
