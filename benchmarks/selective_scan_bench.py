@@ -151,6 +151,18 @@ SWEEP = [  # (chunk, ckpt_chunks, block_d_fwd, block_d_bwd, warps_fwd, warps_bwd
 ]
 
 
+class _Rows(list):
+    """Result rows, each printed as soon as it is added (a long sweep shows its progress)."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        super().append(row)
+        print(f"  {row[0]:<36}  {row[1]}", flush=True)
+
+    def extend(self, rows: list[tuple[str, str]]) -> None:  # type: ignore[override]
+        for row in rows:
+            self.append(row)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=4)
@@ -177,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     Bsz, T, cu = cu_for(args.batch, args.seq_len, args.varlen)
     Dch, N = args.d_inner, args.d_state
-    rows: list[tuple[str, str]] = []
+    rows = _Rows()
+    print(f"selective scan on {torch.cuda.get_device_name()} (torch {torch.__version__}, triton {triton.__version__})",
+          flush=True)
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                     "shape": [Bsz, T, Dch, N], "dtype": args.dtype, "docs": args.varlen or None}
 
@@ -192,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     result.update(copy_gbps=bw / 1e9, floor_fwd_ms=floor_fwd, floor_fwd_bwd_ms=floor_all, triton_fwd_ms=fwd,
                   triton_fwd_bwd_ms=fwd_bwd, ratio_fwd_bwd=fwd_bwd / floor_all, peak_gib=peak, saved_states_gib=ck_gib)
     shape = f"B{Bsz} T{T} D{Dch} N{N} {args.dtype}" + (f", {args.varlen} docs" if cu is not None else "")
-    rows += [
+    rows.extend([
         ("shape", shape),
         ("copy bandwidth (read+write)", f"{bw / 1e9:,.0f} GB/s"),
         ("memory floor fwd / fwd+bwd", f"{floor_fwd:.3f} / {floor_all:.3f} ms ({all_bytes / 2**30:.2f} GiB moved)"),
         ("triton fwd", f"{fwd:.3f} ms  ({fwd / floor_fwd:.2f}x floor)"),
         ("triton fwd+bwd", f"{fwd_bwd:.3f} ms  ({fwd_bwd / floor_all:.2f}x floor; target <= 4x)"),
         ("peak memory fwd+bwd", f"{peak:.2f} GiB above inputs (saved states {ck_gib:.3f} GiB)"),
-    ]
+    ])
 
     from archscale.kernels.selective_scan import _HAS_MAMBA_SSM, _load_mamba_ssm
 
@@ -241,10 +255,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"sweep L,K,BDf,BDb,Wf,Wb={c[:6]}",
                          f"fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms ({fb / floor_all:.2f}x floor), peak {pk:.2f} GiB"))
 
-    width = max(len(k) for k, _ in rows)
-    print(f"selective scan on {result['device']} (torch {torch.__version__}, triton {triton.__version__})")
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

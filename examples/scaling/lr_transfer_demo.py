@@ -63,20 +63,15 @@ def run(widths: list[int] = WIDTHS, lrs: list[float] = LRS, steps: int = STEPS) 
 
 
 def plot(results: dict[str, LRTransferResult], path: str | Path) -> Path:
-    from archscale.scaling.sweep import _pyplot
+    from archscale.plotting import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), sharey=True)
     for ax, (p, res) in zip(axes, results.items()):
         res.plot(path, ax=ax, title=f"{p}: best LR moves {res.shift()} grid step(s)")
     axes[1].set_ylabel("")
     fig.suptitle(f"LR transfer across width: 2-layer Transformer++, {STEPS} AdamW steps on SOTU bytes (CPU)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(out_dir: str | Path = "docs/images") -> dict[str, LRTransferResult]:

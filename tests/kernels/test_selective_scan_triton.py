@@ -376,17 +376,31 @@ def test_gpu_other_tiles(cfg: dict[str, int]) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("Bsz,T,Dch,N,lengths", [(1, 1, 1, 1, None), (3, 1, 5, 2, None), (1, 3, 1, 1, [1, 1, 1]),
-                                                  (1, 70, 3, 5, [64, 1, 5])])
+@pytest.mark.parametrize("Bsz,T,Dch,N,lengths", [(1, 1, 32, 1, None), (3, 1, 32, 2, None), (1, 3, 32, 1, [1, 1, 1]),
+                                                  (1, 70, 32, 5, [64, 1, 5])])
 def test_gpu_degenerate_sizes(Bsz: int, T: int, Dch: int, N: int, lengths: list[int] | None) -> None:
-    """Triton compiles integer arguments equal to 1 as constants (T, D, N, strides): a path the interpreter does
-    not take."""
+    """Triton compiles integer arguments equal to 1 as constants (T, N, strides): a path the interpreter does
+    not take. (D stays at the kernel's CUDA minimum, TRITON_MIN_CHANNELS.)"""
     torch.manual_seed(0)
     inp = make_inputs(Bsz, T, Dch, N, h0=Bsz if lengths is None else len(lengths), device="cuda")
     kw = {} if lengths is None else {"cu_seqlens": split_cu(lengths).cuda()}
     errs = compare(_public, inp, return_final_state=True, return_ungated=True, **kw)
     bad = {k: v for k, v in errs.items() if not v <= TOL_FP32}
     assert not bad, f"relative errors above {TOL_FP32}: {bad} (all: {errs})"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [70, 300])
+def test_gpu_few_channels_take_the_reference_or_are_refused(T: int) -> None:
+    """Fewer than TRITON_MIN_CHANNELS channels gave wrong Triton gradients on the H100: "auto" must not use the
+    kernel there, and an explicit impl="triton" must say why it refuses."""
+    from archscale.kernels.selective_scan import TRITON_MIN_CHANNELS
+
+    inp = make_inputs(1, T, TRITON_MIN_CHANNELS // 2, 5, device="cuda")
+    errs = compare(selective_scan, inp, return_final_state=True)  # auto vs the reference
+    assert all(v <= TOL_FP32 for v in errs.values()), errs
+    with pytest.raises(ValueError, match="needs at least 32 channels"):
+        selective_scan(**inp, impl="triton")
 
 
 @pytest.mark.gpu
