@@ -1,5 +1,6 @@
 """Helpers the recurrent kernels share: checking packed-varlen boundaries, laying documents out in chunks for the
-one-pass chunked scans, choosing the compute dtype, and calling a scan compiled.
+one-pass chunked scans, choosing the compute dtype, a per-chunk cumulative sum that inductor treats as opaque
+(:func:`cumsum`), and calling a scan compiled.
 
 Varlen convention (fla / flash-attn): a packed batch has B == 1 and ``cu_seqlens`` (int, (N + 1,)) holds the
 cumulative document lengths, starting at 0 and ending at T. Recurrent state must not cross a boundary: every
@@ -99,8 +100,11 @@ def chunk_layout(cu_seqlens: torch.Tensor, total: int, chunk: int) -> ChunkLayou
     cu = cu_seqlens.to(torch.long)
     n_chunks = -(-total // chunk)
     pos = torch.arange(n_chunks * chunk, device=cu.device)
-    # Document of each position = number of document ends at or before it; padding (pos >= T) joins the last one.
-    doc = torch.searchsorted(cu[1:], pos, right=True).clamp_max(cu.shape[0] - 2)
+    # Document of each position = number of document starts at or before it, minus one; padding (pos >= T) joins
+    # the last one. The boundaries are the whole of ``cu``, not the slice ``cu[1:]``: inductor (torch 2.11, Triton
+    # backends) lowers searchsorted to ``ops.bucketize``, which reads the strides of its boundaries and raises
+    # ``NotImplementedError: SliceView`` on a slice of an unrealised tensor.
+    doc = (torch.searchsorted(cu, pos, right=True) - 1).clamp_max(cu.shape[0] - 2)
     start = cu[doc]  # first token of each position's document
     chunk_start = pos - pos % chunk
     carry = start < chunk_start
@@ -112,6 +116,43 @@ def chunk_layout(cu_seqlens: torch.Tensor, total: int, chunk: int) -> ChunkLayou
         cu[:-1],
         cu[1:] - 1,
     )
+
+
+@torch.library.custom_op("archscale::cumsum", mutates_args=())
+def _cumsum(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
+    if reverse:
+        return torch.cumsum(x.flip(dim), dim).flip(dim).contiguous()
+    return torch.cumsum(x.contiguous(), dim)
+
+
+@_cumsum.register_fake
+def _(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
+    return x.new_empty(x.shape)  # contiguous, as the real op returns
+
+
+def _cumsum_setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    _, ctx.dim, ctx.reverse = inputs
+
+
+def _cumsum_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    # d/dx_j of Σ_i y_i g_i with y_i = Σ_{j<=i} x_j is Σ_{i>=j} g_i: the cumulative sum the other way round.
+    return _cumsum(grad, ctx.dim, not ctx.reverse), None, None
+
+
+_cumsum.register_autograd(_cumsum_backward, setup_context=_cumsum_setup_context)
+
+
+def cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.cumsum(x, dim)`` (same kernel, same values; contiguous output) as an opaque custom op, for the
+    per-chunk cumulated log-decays of the chunked scans.
+
+    Why not ``torch.cumsum``: inductor (torch 2.11) lowers it on CUDA to a Triton scan, and to a *split* scan when
+    there are few rows for many steps (fewer than 64 rows per SM, as Mamba-2's (B, c, H) rows over Q = 256 at B4
+    T4096). The split-scan codegen then fails on any input broadcast along the scanned axis (``dt · A`` with A per
+    head: ``TypeError: list indices must be integers or slices, not NoneType`` in ``TritonSymbols.get_block_shape``).
+    The op costs one small extra read and write next to the Q × Q work of a chunk; its backward is the reverse
+    cumulative sum, the same op."""
+    return _cumsum(x, dim % x.dim(), False)
 
 
 _COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}

@@ -42,6 +42,7 @@ from archscale.kernels.varlen import (
     check_initial_state,
     chunk_layout,
     compute_dtype,
+    cumsum,
     doc_bounds,
 )
 
@@ -137,7 +138,7 @@ def _chunked_onepass(
     # Heads before chunks so that every matmul is batched over (B, H, c).
     q, k, v = (t.view(Bsz, nc, Q, H, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))  # (B, H, c, Q, K or V)
     g, beta = (t.view(Bsz, nc, Q, H).permute(0, 3, 1, 2) for t in (g, beta))  # (B, H, c, Q)
-    G = torch.cumsum(g, dim=-1)  # (B, H, c, Q) log-decay from the chunk start through token i
+    G = cumsum(g, dim=-1)  # (B, H, c, Q) log-decay from the chunk start through token i
 
     idx = torch.arange(Q, device=q.device)
     incl = idx[:, None] >= idx[None, :]  # j <= i

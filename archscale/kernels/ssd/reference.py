@@ -37,6 +37,7 @@ from archscale.kernels.varlen import (
     check_initial_state,
     chunk_layout,
     compute_dtype,
+    cumsum,
     doc_bounds,
 )
 
@@ -132,7 +133,7 @@ def _ssd_chunked_onepass(
     B, C = B.view(Bsz, nc, Q, G, N), C.view(Bsz, nc, Q, G, N)
     dt = dt.view(Bsz, nc, Q, H)
     la = dt * A  # (B, c, Q, H) log-decay of each step
-    cs = torch.cumsum(la, dim=2)  # (B, c, Q, H) log-decay from the chunk start through token i
+    cs = cumsum(la, dim=2)  # (B, c, Q, H) log-decay from the chunk start through token i
 
     # 1. Inside each chunk: y_i = Σ_{j≤i, same document} (C_i·B_j) exp(cs_i - cs_j) dt_j x_j ("attention" form).
     cb = torch.einsum("bcign,bcjgn->bcgij", C, B)  # (B, c, G, Q, Q)
