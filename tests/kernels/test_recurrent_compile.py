@@ -53,10 +53,8 @@ def test_mixer_compiles_with_inductor(name: str, layout: str) -> None:
     else:
         B, T = 1, CU[-1]
         seq = SeqInfo.from_cu_seqlens(torch.tensor(CU, dtype=torch.int32))
-    # Dense: one graph. Varlen: the short convolution (kernels/short_conv, its CPU reference) reads the document
-    # bounds on the host and breaks the graph there; the scans themselves compile fullgraph on varlen input
-    # (test_ssd / test_delta_rule: test_varlen_compiles_fullgraph_inductor).
-    compiled = torch.compile(mixer, fullgraph=layout == "dense", backend="inductor")
+    # One graph, dense and varlen: document bounds stay on the device in the short convolution and the scans.
+    compiled = torch.compile(mixer, fullgraph=True, backend="inductor")
     x = torch.randn(B, T, D_MODEL)
     grad = torch.randn(B, T, D_MODEL)
     outs, grads = [], []

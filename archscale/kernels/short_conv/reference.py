@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from archscale.kernels.varlen import check_initial_state, compute_dtype, doc_bounds
+from archscale.kernels.varlen import check_cu_seqlens, check_initial_state, compute_dtype
 
 
 def short_conv_reference(
@@ -47,18 +47,20 @@ def short_conv_reference(
         y = sum(ext[:, j : j + T] * wf[:, j] for j in range(W))
         final = ext[:, T:] if return_final_state else None  # (B, W-1, C): the last W-1 inputs
     else:
-        bounds = doc_bounds(cu_seqlens, T, B)
-        N = len(bounds)
+        # Boundaries stay on the device (no .tolist(): no host sync, no graph break under torch.compile).
+        check_cu_seqlens(cu_seqlens, T, B)
+        N = cu_seqlens.shape[0] - 1
         check_initial_state(initial_state, (N, W - 1, C))
         prev = x.new_zeros(N, W - 1, C, dtype=dtype) if initial_state is None else initial_state.to(dtype)
         # One flat source: the N states ((W-1) rows each) then the T tokens. Row r of document d at relative
         # position p (p < 0 reaches into the state) lives at index  N(W-1) + start_d + p  if p >= 0, else
         # d(W-1) + (W-1) + p.
         src = torch.cat((prev.reshape(N * (W - 1), C), xf[0]), dim=0)  # (N(W-1) + T, C)
-        starts = torch.tensor([s for s, _ in bounds], device=x.device)
-        lengths = torch.tensor([e - s for s, e in bounds], device=x.device)
-        doc = torch.repeat_interleave(torch.arange(N, device=x.device), lengths)  # (T,)
-        pos = torch.arange(T, device=x.device) - starts[doc]  # (T,) position inside the document
+        cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+        starts, lengths = cu[:-1], cu[1:] - cu[:-1]  # (N,)
+        t = torch.arange(T, device=x.device)
+        doc = torch.searchsorted(cu, t, right=True) - 1  # (T,) document of every token (whole cu: see varlen.py)
+        pos = t - starts[doc]  # (T,) position inside the document
 
         def index(d: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             return torch.where(p >= 0, N * (W - 1) + starts[d] + p, d * (W - 1) + (W - 1) + p)
