@@ -41,12 +41,19 @@ class Block(nn.Module):
         self.residual_multiplier = spec.residual_multiplier
 
     def forward(
-        self, x: torch.Tensor, seq: SeqInfo, state: Any | None = None, shared: CrossLayer | None = None
+        self,
+        x: torch.Tensor,
+        seq: SeqInfo,
+        state: Any | None = None,
+        shared: CrossLayer | None = None,
+        keep_state: bool = True,
     ) -> tuple[torch.Tensor, Any]:
+        """``keep_state=False`` (training) drops the mixer's new state: it is not returned out of the block, so a
+        wrapper that hooks every output tensor (FSDP2) sees only the residual stream, not KV-cache views."""
         y, state = self.mixer(self.mixer_norm(x), seq, state, shared=shared)
         x = x + self._scale(y)
         x = x + self._scale(self.mlp(self.mlp_norm(x)))
-        return x, state
+        return x, (state if keep_state else None)
 
     def _scale(self, y: torch.Tensor) -> torch.Tensor:
         # A Python-constant branch: no data-dependent control flow under torch.compile.

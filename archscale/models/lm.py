@@ -95,7 +95,7 @@ class LanguageModel(nn.Module):
         shared = CrossLayer()
         new_state: list[Any] = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, seq, None if state is None else state[i], shared=shared)
+            x, layer_state = block(x, seq, None if state is None else state[i], shared=shared, keep_state=want_state)
             if want_state:
                 new_state.append(layer_state)
         x = self.final_norm(x)

@@ -77,6 +77,8 @@ def test_two_processes_match_one(
     assert got[-1] < got[0]
     resolved = (out / "recipe.resolved.json").read_text()
     assert '"world_size": 2' in resolved
+    # Blocks return only the residual stream in training: FSDP2 hooks no KV-cache views.
+    assert "returned a view tensor" not in proc.stderr
 
 
 @pytest.mark.parametrize(
