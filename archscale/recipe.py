@@ -200,6 +200,9 @@ class SystemSpec(StrictModel):
         default="auto", description="auto = bf16-mixed on CUDA, 32-true on CPU."
     )
     compile: bool | None = Field(default=None, description="torch.compile the model; None = on for CUDA only.")
+    activation_checkpointing: bool = Field(
+        default=False, description="Recompute each block's activations in the backward pass instead of storing "
+        "them (less memory for long context, about one more forward of compute).")
     seed: int = Field(default=1337, description="Seeds initialisation, data order and dropout-free sampling.")
     out_dir: str | None = Field(default=None, description="Run directory; default runs/<recipe name>.")
     log_every: int = Field(default=10, ge=1, description="Steps between metric lines.")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from archscale.kernels.cross_entropy import cross_entropy_from_logits, linear_cross_entropy
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
@@ -62,6 +63,10 @@ class LanguageModel(nn.Module):
         self.final_norm = make_norm(spec)
         # Tied: the head reuses the embedding table, so it is no separate parameter (and has no role of its own).
         self.head = None if spec.tie_embeddings else nn.Linear(spec.n_embd, spec.vocab_size, bias=False)
+        # Recompute every block in the backward pass instead of keeping its activations (Chen et al. 2016,
+        # "Training deep nets with sublinear memory cost"): training only; the Trainer sets it from
+        # recipe.system.activation_checkpointing.
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ forward
@@ -95,7 +100,11 @@ class LanguageModel(nn.Module):
         shared = CrossLayer()
         new_state: list[Any] = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, seq, None if state is None else state[i], shared=shared, keep_state=want_state)
+            layer_in = None if state is None else state[i]
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x, layer_state = self._checkpointed_block(block, x, seq, layer_in, shared, want_state)
+            else:
+                x, layer_state = block(x, seq, layer_in, shared=shared, keep_state=want_state)
             if want_state:
                 new_state.append(layer_state)
         x = self.final_norm(x)
@@ -123,6 +132,26 @@ class LanguageModel(nn.Module):
             state=new_state if want_state else None,
             ce_loss=ce_loss,
         )
+
+    @staticmethod
+    def _checkpointed_block(
+        block: Block, x: torch.Tensor, seq: SeqInfo, layer_in: Any, shared: CrossLayer, want_state: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """One block under non-reentrant activation checkpointing. The block is recomputed during the backward
+        pass, after later layers may have overwritten ``shared``: each run therefore reads a snapshot of the
+        cross-layer values as they were at this layer in the forward pass, and the first run's writes are copied
+        back to ``shared`` for the layers after it."""
+        before = (shared.memory, shared.kv)
+        runs: list[CrossLayer] = []
+
+        def run(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+            local = CrossLayer(memory=before[0], kv=before[1])
+            runs.append(local)
+            return block(x, seq, layer_in, shared=local, keep_state=want_state)
+
+        out = checkpoint(run, x, use_reentrant=False)
+        shared.memory, shared.kv = runs[0].memory, runs[0].kv
+        return out
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self, rule: InitRule | None = None) -> None:

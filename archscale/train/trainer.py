@@ -109,6 +109,7 @@ class Trainer:
             with fabric.init_module():
                 model = build_model_for(recipe)  # init and multipliers of the parametrization
         roles = model.param_roles()
+        model.activation_checkpointing = sysc.activation_checkpointing
         self.model = model
         compile_model = sysc.compile if sysc.compile is not None else fabric.device.type == "cuda"
         fmodel = fabric.setup_module(torch.compile(model) if compile_model else model)
