@@ -1,0 +1,50 @@
+"""The benchmark scripts (their numbers come from the GPU machine, benchmarks/RESULTS.md): every one starts and
+parses its arguments without a GPU, the throughput script's FLOP count matches the formula of ../shared/docs/GPU.md,
+and its measurement loop runs end to end on the CPU for dense and varlen batches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")))
+def test_script_starts_without_a_gpu(script: str) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_throughput_flops_match_the_gpu_md_formula() -> None:
+    """Training FLOPs per token of Transformer++ = 6·N + 6·L·d·(T+1) with N every weight matrix but the input
+    embedding (the head counts) and causal attention charging (T+1)/2 keys per query on average. (GPU.md's N also
+    counts the norm gains, which do no matmul: 0.01% of N at d16.)"""
+    from train_throughput import archscale_model, flops_per_step
+
+    depth, vocab, T = 2, 1000, 256
+    model = archscale_model("transformer", depth, vocab, T, {})
+    d = 128 * depth
+    n = sum(p.numel() for p in model.parameters() if p.ndim == 2) - vocab * d
+    assert flops_per_step(model, [T]) / T == pytest.approx(6 * n + 6 * depth * d * (T + 1), rel=1e-12)
+    # Documents: attention charged per document, so two halves cost less than one sequence of both.
+    assert flops_per_step(model, [T // 2, T // 2]) < flops_per_step(model, [T])
+
+
+def test_throughput_loop_runs_on_cpu_dense_and_varlen() -> None:
+    cmd = [sys.executable, str(BENCH / "train_throughput.py"), "--device", "cpu", "--no-compile", "--depth", "4",
+           "--seq-len", "64", "--batch", "2", "--vocab", "256", "--steps", "1", "--warmup", "1", "--layouts", "2",
+           "--doc-min", "8", "--doc-max", "40", "--models", "transformer,sambay", "--modes", "dense,varlen"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["model"], r["mode"]) for r in rows] == [
+        ("transformer", "dense"), ("transformer", "varlen"), ("sambay", "dense"), ("sambay", "varlen")]
+    assert all(r["tok_per_s"] > 0 and r["final_loss"] > 0 for r in rows)
+    assert "vs transformer/dense" in proc.stdout  # the ratio table against the first model and mode
