@@ -88,12 +88,13 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
     cuda = dev.type == "cuda"
     depth, T = args.depth, args.seq_len
     extra = json.loads(args.arch_params) if args.arch_params else {}
-    counter = archscale_model("transformer", depth, args.vocab, T, {}) if name == "plain" else None
+    # FLOPs come from the archscale model of the same family; plain is counted as the transformer it mirrors.
+    counter = archscale_model("transformer", depth, args.vocab, T, {}) if name == "plain" else \
+        archscale_model(name, depth, args.vocab, T, extra)
     if name == "plain":
         d, n_head, n_kv, hd = 128 * depth, depth, max(1, depth // 4), 128
         model = LossOf(PlainLM(args.vocab, d, depth, n_head, n_kv, hd, 4 * d), plain=True).to(dev)
     else:
-        counter = archscale_model(name, depth, args.vocab, T, extra)
         model = LossOf(counter, plain=False).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
@@ -111,7 +112,6 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
         layouts = [[T] * B]
         seqs = [SeqInfo.dense(B, T, device=dev)]
         rows, row_len = B, T
-    assert counter is not None
     step_flops = [flops_per_step(counter, l) for l in layouts]
     x = torch.randint(0, args.vocab, (rows, row_len + 1), device=dev)
     inputs, targets = x[:, :-1], x[:, 1:]

@@ -176,8 +176,9 @@ class Trainer:
         fmodel.train()
         if start_step == 0 and data.val is not None:  # the curve starts at the untrained model
             initial_val = self._validate(fmodel, data, seq_info_from_eos)
-            metrics.write({"step": 0, "tokens": 0, "val_loss": initial_val})
-            loggers.log({"step": 0, "tokens": 0, "val_loss": initial_val})
+            initial = {"step": 0, "tokens": 0, "val_loss": initial_val}
+            metrics.write(initial)
+            loggers.log(initial)
             progress.message(f"step 0: validation loss {initial_val:.4f}")
         try:
             for step in range(start_step, steps):
