@@ -138,16 +138,17 @@ def cu_for(Bsz: int, T: int, n_docs: int) -> tuple[int, int, torch.Tensor | None
     return 1, total, cu
 
 
-SWEEP = [  # (chunk, ckpt_chunks, block_d_fwd, block_d_bwd, warps_fwd, warps_bwd)
-    (16, 4, 32, 16, 8, 8),
-    (16, 4, 32, 32, 8, 8),
-    (16, 4, 16, 16, 4, 4),
-    (16, 1, 32, 16, 8, 8),
-    (16, 2, 32, 16, 8, 8),
-    (8, 8, 64, 32, 8, 8),
-    (32, 2, 16, 8, 8, 8),
-    (32, 2, 16, 16, 8, 8),
-    (64, 1, 8, 8, 8, 8),
+SWEEP = [  # ScanConfig: (block_d_fwd, block_d_bwd, warps_fwd, warps_bwd, prefetch, ckpt_every, substeps)
+    (8, 8, 1, 1, 4, 32, 2),
+    (8, 8, 1, 1, 2, 32, 2),
+    (8, 8, 1, 1, 8, 32, 2),
+    (8, 8, 1, 1, 4, 32, 4),
+    (8, 8, 1, 1, 4, 64, 2),
+    (16, 16, 1, 1, 4, 32, 2),
+    (16, 8, 1, 1, 4, 32, 2),
+    (32, 8, 1, 1, 4, 32, 2),
+    (16, 16, 2, 2, 4, 32, 2),
+    (32, 32, 1, 1, 4, 32, 2),
 ]
 
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     fwd_bytes, all_bytes = floor_bytes(inp)
     floor_fwd, floor_all = fwd_bytes / bw * 1e3, all_bytes / bw * 1e3
     cfg = ScanConfig()
-    ck_every = cfg.chunk * cfg.ckpt_chunks
+    ck_every = cfg.ckpt_every
     ck_gib = (Bsz * -(-T // ck_every) if cu is None else args.varlen + T // ck_every) * Dch * N * 4 / 2**30
     fwd, fwd_bwd, peak = time_fwd_bwd(scan_fn("triton", inp, cu), inp, args.iters)
     result.update(copy_gbps=bw / 1e9, floor_fwd_ms=floor_fwd, floor_fwd_bwd_ms=floor_all, triton_fwd_ms=fwd,
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"sweep {c}", f"failed: {type(e).__name__}: {str(e)[:80]}"))
                 continue
             result["sweep"].append({"config": conf._asdict(), "fwd_ms": f, "fwd_bwd_ms": fb, "peak_gib": pk})
-            rows.append((f"sweep L,K,BDf,BDb,Wf,Wb={c[:6]}",
+            rows.append((f"sweep {c}",
                          f"fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms ({fb / floor_all:.2f}x floor), peak {pk:.2f} GiB"))
 
     if args.json:

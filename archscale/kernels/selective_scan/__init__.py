@@ -106,15 +106,7 @@ def _auto_impl(
         and not isinstance(_load_mamba_ssm(), Exception)
     ):
         return "mamba_ssm"
-    return "triton" if _HAS_TRITON and u.shape[-1] >= TRITON_MIN_CHANNELS else "reference"
-
-
-TRITON_MIN_CHANNELS = 32
-"""Smallest channel count D the Triton kernel takes on CUDA. On the H100 (triton 3.6, 2026-11-25) scans with fewer
-channels over more than one 16-step chunk gave wrong gradients (ddelta, dA, dC, dz, ddelta_bias off by 5–50%;
-e.g. T 70 with D 3 or with D 16, N 5) while D ≥ 32 matched the reference to 1e-6 (T 65–1147, N 5 and 16, dense
-and varlen): small tiles spread over 8 warps. Not reproduced by the CPU interpreter. Real Mamba layers have
-D = expand · d_model ≥ 128; smaller D uses the reference under "auto" and is refused by impl="triton"."""
+    return "triton" if _HAS_TRITON else "reference"
 
 
 def _triton_impl(u: torch.Tensor) -> Callable[..., SelectiveScanOutput]:
@@ -127,11 +119,6 @@ def _triton_impl(u: torch.Tensor) -> Callable[..., SelectiveScanOutput]:
         raise ValueError(
             f"impl='triton' runs on CUDA tensors, got tensors on {u.device}; on CPU it needs TRITON_INTERPRET=1 "
             "set before archscale's Triton kernels are first imported (for tests); use impl='reference' on CPU"
-        )
-    if u.is_cuda and u.shape[-1] < TRITON_MIN_CHANNELS:
-        raise ValueError(
-            f"impl='triton' needs at least {TRITON_MIN_CHANNELS} channels on CUDA, got D={u.shape[-1]} (smaller tiles "
-            "give wrong gradients on the H100, see TRITON_MIN_CHANNELS); use impl='reference' or 'auto'"
         )
     return triton_scan.selective_scan_triton
 

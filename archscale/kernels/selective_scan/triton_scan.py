@@ -3,21 +3,30 @@
 Same functional and layout as :mod:`archscale.kernels.selective_scan` (time-major (B, T, D), A (D, N), B/C (B, T, N),
 varlen through ``cu_seqlens`` with B == 1); the sequential reference is the specification.
 
-Decomposition. One program owns one sequence (a batch row, or a document of a packed batch: one launch serves all
-documents) and BD channels, and walks through time in chunks of L steps. A chunk is a register tile
-(L, BD, N): the per-step decay a_t = exp(Δ_t A) and input b_t = Δ_t B_t u_t are formed for all L steps at once
-and combined with a parallel scan over time (Blelloch 1990; the linear recurrence h_t = a_t h_{t-1} + b_t is
-associative in the pairs (a, b), Martin & Cundy 2018), then the carried state h enters as h_t = (Πa) h + (scanned b).
-This is the time-parallel idea of Mamba's own CUDA kernel (Gu & Dao 2023, §3.3.2: "kernel fusion, parallel scan,
-recomputation") with the state (BD, N) kept in registers; loading whole (L, BD) tiles keeps many loads in flight,
-which a step-by-step loop over t would not.
+Decomposition. One program (one warp) owns one sequence (a batch row, or a document of a packed batch: one launch
+serves all documents) and BD channels, and walks through time one step after another with its (N, BD) state in
+registers: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t is one fused multiply-add per state, so the only serial dependency
+is a single FMA per step, while the N exponentials of a step are independent of each other and of the state (Gu &
+Dao 2023, §3.3.2: the scan is elementwise over (d, n)). Every input of a step is loaded ``prefetch`` steps ahead
+(software pipelining by hand, through tuples of loaded values), so load latency hides behind the arithmetic.
 
-Memory. The forward saves the state only every K chunks (every K·L steps: (T / KL) · D · N fp32 numbers per sequence
-instead of T · D · N). The backward walks the segments of K chunks from the last to the first: it recomputes the K
-chunk-start states of a segment from its saved state (a cheap reduction per chunk, kept in a small per-program
-scratch), then processes the chunks in reverse, recomputing the forward states within each chunk and running the
-adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan. As in mamba-ssm, a_t h_{t-1} is taken as
-h_t - b_t, so no shifted state is needed for the gradients of Δ and A.
+Layout. Each thread holds one channel and N·BD/32 of its states: the (N, BD) tiles use Triton's default layout (32
+threads along the channels first), which is also the layout of a (BD,) per-channel vector, so Δ, u, z and y move
+between the two without a layout conversion (a conversion costs a shared-memory round trip and a barrier, which
+serialised the steps: 4 states x 4 channels per thread measured 2.5 ms forward against 1.7 ms). To keep Triton from
+choosing a vectorised layout for the (N, D) arrays (A^T, saved states), their row stride ``s_nd`` is passed
+unspecialised. The reductions over n (y = C·h; Σ g·B and Σ g·A·h in the backward) are in-thread or one shuffle; the
+reductions over d (dB, dC) are shuffles across the BD channel threads, then one fp32 atomic add per channel block.
+Time-parallel scans in registers (tl.associative_scan over chunks of steps, this module's first version) spent most
+of their time moving the scan axis between threads: 3x slower end to end (benchmarks/RESULTS.md).
+
+Memory. The forward saves the state every ``ckpt_every`` (S) steps ((T / S) · D · N fp32 numbers per sequence
+instead of T · D · N). The backward runs over pieces of ``substeps`` (V) steps from the last to the first. Entering a
+segment of S steps (from its end), it recomputes the state at the start of each of its pieces from the segment's
+saved state into a small per-program scratch; for each piece it recomputes the V states into registers and runs
+the adjoint recurrence g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1} backwards through them, while the inputs of the next
+piece are already being loaded. As in mamba-ssm, a_t h_{t-1} is taken as h_t - b_t, so no shifted state is needed
+for the gradients of Δ and A.
 
 Math in fp32 for every input dtype; float64 is not supported here (the reference is the float64 path).
 dB and dC are summed over channel blocks with fp32 atomic adds, so they are not bitwise deterministic run to run.
@@ -36,91 +45,130 @@ from archscale.kernels.varlen import check_cu_seqlens, check_initial_state
 
 __all__ = ["INTERPRETED", "ScanConfig", "selective_scan_triton"]
 
-class ScanConfig(NamedTuple):
-    """Tile sizes. ``chunk`` (L) steps per register tile; the state is saved every ``ckpt_chunks`` (K) chunks;
-    ``block_d_*`` channels per program (shrunk automatically so that an (L, BD, N) tile stays within
-    ``max_tile`` elements); ``warps_*`` warps per program. All sizes are powers of two."""
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = 2^(x·log2 e): the hardware has exp2
+LN2 = tl.constexpr(0.6931471805599453)
 
-    # Defaults: the fastest forward and backward tiles of `benchmarks/selective_scan_bench.py --sweep` on an H100
-    # (B4 T4096 D4096 N16 bf16, 2026-11-25): forward (16, ·, 16, ·, 4) 3.07 ms, backward with 32 channels 16.6 ms.
-    chunk: int = 16
-    ckpt_chunks: int = 4
-    block_d_fwd: int = 16
-    block_d_bwd: int = 32
-    warps_fwd: int = 4
-    warps_bwd: int = 8
-    max_tile: int = 8192
+
+class ScanConfig(NamedTuple):
+    """Launch shape. ``block_d_*`` channels per program and ``warps_*`` warps per program (forward, backward);
+    ``prefetch`` steps loaded ahead in the forward; the forward saves the state every ``ckpt_every`` steps; the
+    backward keeps ``substeps`` recomputed states in registers. All are powers of two, and ``ckpt_every`` is a
+    multiple of ``prefetch`` and of ``substeps``."""
+
+    # Defaults: the fastest of `benchmarks/selective_scan_bench.py --sweep` on an H200 (B4 T4096 D4096 N16 bf16,
+    # 2026-12-04): forward 32 channels 1.68 ms, backward 16 channels 4.7 ms (8 or 32 channels, two warps, other
+    # prefetch depths, segment lengths and piece lengths were slower or no faster).
+    block_d_fwd: int = 32
+    block_d_bwd: int = 16
+    warps_fwd: int = 1
+    warps_bwd: int = 1
+    prefetch: int = 4
+    ckpt_every: int = 32
+    substeps: int = 2
 
 
 # --------------------------------------------------------------------------------------------------- jit helpers
-@triton.jit
-def _combine_fwd(a1, b1, a2, b2):
-    # (a1, b1) are the earlier steps, (a2, b2) the later ones: h ↦ a2·(a1·h + b1) + b2.
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _combine_bwd(f1, x1, g1, f2, x2, g2):
-    # Adjoint g_t = c_t + a_{t+1}·g_{t+1} over a range [t, e): f = a_t (its first decay), x = a_{t+1}···a_{e-1}
-    # (the others), g = the range's g_t without what comes after it. In a reverse scan Triton passes the later
-    # range first: (f1, x1, g1) is later, (f2, x2, g2) earlier, and the result is the concatenation.
-    return f2, x2 * f1 * x1, g2 + x2 * f1 * g1
-
-
 @triton.jit
 def _softplus(x):
     # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); log1p(w) = log(1 + w)·w / ((1 + w) - 1) keeps full precision for
     # small w (Goldberg 1991, Theorem 4) without libdevice, so that the interpreter runs it too.
     w = tl.exp(-tl.abs(x))
     p = 1.0 + w
-    lp = tl.where(p == 1.0, w, tl.log(p) * w / (p - 1.0))
+    lp = tl.where(p == 1.0, w, tl.log(p) * tl.fdiv(w, p - 1.0))  # fdiv: the 2-ulp division, no IEEE slow path
     return tl.maximum(x, 0.0) + lp
 
 
 @triton.jit
-def _chunk_inputs(
-    u_ptr, dl_ptr, B_ptr, bias, A2, t, tmask, offs_d, dmask, offs_n, nmask,
-    s_ut, s_lt, s_Bt,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def _sigmoid(x):
+    # 1 / (1 + e^-x) with the 2-ulp division (tl.sigmoid divides IEEE-exactly, a long instruction sequence); e^-x
+    # overflowing to inf gives 0.
+    return tl.fdiv(1.0, 1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _load_n(ptr, row, stride, offs_n, nmask, ok, EVEN_N: tl.constexpr):
+    """One time step of B or C, (BN,) in its own dtype; zeros for a step outside the sequence."""
+    if EVEN_N:
+        v = tl.load(ptr + row * stride + offs_n, mask=ok, other=0.0)
+    else:
+        v = tl.load(ptr + row * stride + offs_n, mask=nmask & ok, other=0.0)
+    return v
+
+
+@triton.jit
+def _load_d(ptr, row, stride, offs_d, m, PRESENT: tl.constexpr):
+    """One time step of a (BD,) input in its own dtype, or a scalar 0 for an absent one."""
+    if PRESENT:
+        return tl.load(ptr + row * stride + offs_d, mask=m, other=0.0)
+    else:
+        return 0.0
+
+
+@triton.jit
+def _load_step(
+    u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t, lo, end, offs_d, dmask, offs_n, nmask,
+    s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot,
+    WITH_Z: tl.constexpr, WITH_DOUT: tl.constexpr, WITH_DY: tl.constexpr, WITH_C: tl.constexpr,
+    EVEN_N: tl.constexpr,
 ):
-    """Loads one chunk and forms a_t = exp(Δ_t A), b_t = Δ_t B_t u_t. Steps outside the sequence get Δ = 0, so
-    a = 1 and b = 0: the identity step, which leaves the state and every gradient untouched."""
-    rows = t.to(tl.int64)
-    m2 = tmask[:, None] & dmask[None, :]
-    u = tl.load(u_ptr + rows[:, None] * s_ut + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-    x = tl.load(dl_ptr + rows[:, None] * s_lt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+    """The raw inputs of step t, each in its own dtype (u, δ, z, dout, dy (BD,); B, C (BN,)); scalar zeros for
+    those not asked for. Issued steps ahead of their use (software pipelining), so they stay compact until used.
+    A step outside [lo, end) loads zeros, which the callers turn into Δ = 0: a = 1 and b = 0, the identity step,
+    which leaves the state and every gradient untouched."""
+    ok = (t >= lo) & (t < end)
+    row = t.to(tl.int64)
+    m = dmask & ok
+    u = tl.load(u_ptr + row * s_ut + offs_d, mask=m, other=0.0)
+    x = tl.load(dl_ptr + row * s_lt + offs_d, mask=m, other=0.0)
+    z = _load_d(z_ptr, row, s_zt, offs_d, m, WITH_Z)
+    do = _load_d(dout_ptr, row, s_ot, offs_d, m, WITH_DOUT)
+    dy = _load_d(dy_ptr, row, s_ot, offs_d, m, WITH_DY)
+    Bt = _load_n(B_ptr, row, s_Bt, offs_n, nmask, ok, EVEN_N)
+    Ct = 0.0
+    if WITH_C:
+        Ct = _load_n(C_ptr, row, s_Ct, offs_n, nmask, ok, EVEN_N)
+    return u, x, z, do, dy, Bt, Ct
+
+
+@triton.jit
+def _delta(x, bias, t, end, dmask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(x = δ + bias, Δ) in fp32: Δ = softplus(x), or x; 0 outside the sequence."""
+    x = x.to(tl.float32)
     if HAS_BIAS:
-        x = x + bias[None, :]
+        x = x + bias
     if SOFTPLUS:
         dl = _softplus(x)
     else:
         dl = x
-    dl = tl.where(m2, dl, 0.0)  # (L, BD)
-    Bt = tl.load(
-        B_ptr + rows[:, None] * s_Bt + offs_n[None, :], mask=tmask[:, None] & nmask[None, :], other=0.0
-    ).to(tl.float32)  # (L, BN)
-    dA = tl.exp2(dl[:, :, None] * A2[None, :, :])  # (L, BD, BN)
-    dBu = (dl * u)[:, :, None] * Bt[:, None, :]  # (L, BD, BN)
-    return u, x, dl, Bt, dA, dBu, m2
+    return x, tl.where(dmask & (t < end), dl, 0.0)
+
+
+@triton.jit
+def _rotate(pending, new, P: tl.constexpr):
+    """Drop the oldest of P prefetched steps and append the newest."""
+    rest = ()
+    for i in tl.static_range(1, P):
+        rest = rest + (pending[i],)
+    return rest + (new,)
 
 
 # --------------------------------------------------------------------------------------------------- forward
-@triton.jit
+@triton.jit(do_not_specialize=["s_nd"])
 def _fwd_kernel(
-    u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, cu_ptr,
+    u_ptr, dl_ptr, z_ptr, At_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, cu_ptr,
     out_ptr, y_ptr, hT_ptr, ck_ptr,
-    T, DCH, N, CK_PER_SEQ,
+    T, DCH, N, CK_PER_SEQ, s_nd,
     s_ub, s_ut, s_lb, s_lt, s_zb, s_zt, s_Bb, s_Bt, s_Cb, s_Ct,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_Y: tl.constexpr,
-    L: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
+    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_Y: tl.constexpr, EVEN_N: tl.constexpr,
+    P: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     i_s = tl.program_id(0)  # sequence: batch row, or document of a packed batch
     i_d = tl.program_id(1)  # channel block
     if VARLEN:
         start = tl.load(cu_ptr + i_s).to(tl.int64)
         end = tl.load(cu_ptr + i_s + 1).to(tl.int64)
-        slot0 = i_s + start // (K * L)  # injective over documents (see _checkpoint_slots)
+        slot0 = i_s + start // S  # injective over documents (see _checkpoint_slots)
     else:
         start = 0
         end = T
@@ -134,74 +182,92 @@ def _fwd_kernel(
         out_ptr += b64 * T * DCH
         y_ptr += b64 * T * DCH
 
-    offs_t = tl.arange(0, L)
     offs_d = i_d * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     dmask = offs_d < DCH
     nmask = offs_n < N
-    dn = offs_d[:, None] * N + offs_n[None, :]  # (BD, BN) offsets into a (D, N) state
-    dn_mask = dmask[:, None] & nmask[None, :]
+    nd = offs_n[:, None] * s_nd + offs_d[None, :]  # (BN, BD) offsets into an (N, D) array: A^T, saved states
+    dn = offs_d[None, :] * N + offs_n[:, None]  # (BN, BD) offsets into a (D, N) state: h0, hT
+    nd_mask = nmask[:, None] & dmask[None, :]
 
-    A2 = tl.load(A_ptr + dn, mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634  # exp(ΔA) = 2^(Δ·A·log2e)
+    A2 = tl.load(At_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
     bias = tl.zeros([BD], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
     Dv = tl.zeros([BD], tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    h = tl.zeros([BD, BN], tl.float32)
+    h = tl.zeros([BN, BD], tl.float32)
     if HAS_H0:
-        h = tl.load(h0_ptr + i_s.to(tl.int64) * DCH * N + dn, mask=dn_mask, other=0.0).to(tl.float32)
+        h = tl.load(h0_ptr + i_s.to(tl.int64) * DCH * N + dn, mask=nd_mask, other=0.0).to(tl.float32)
 
-    for c in range(tl.cdiv(end - start, L)):
-        if c % K == 0:  # the state entering every K-th chunk is what the backward restarts from
-            tl.store(ck_ptr + (slot0 + c // K).to(tl.int64) * DCH * N + dn, h, mask=dn_mask)
-        t = start + c * L + offs_t
-        tmask = t < end
-        u, _, _, _, dA, dBu, m2 = _chunk_inputs(
-            u_ptr, dl_ptr, B_ptr, bias, A2, t, tmask, offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_Bt,
-            HAS_BIAS, SOFTPLUS,
-        )
-        rows = t.to(tl.int64)
-        Ct = tl.load(
-            C_ptr + rows[:, None] * s_Ct + offs_n[None, :], mask=tmask[:, None] & nmask[None, :], other=0.0
-        ).to(tl.float32)
-        aa, bb = tl.associative_scan((dA, dBu), 0, _combine_fwd)
-        hs = aa * h[None, :, :] + bb  # (L, BD, BN): h_t for every step of the chunk
-        y = tl.sum(hs * Ct[:, None, :], axis=2)  # (L, BD)
-        if HAS_D:
-            y += Dv[None, :] * u
-        o_offs = rows[:, None] * DCH + offs_d[None, :]
-        if STORE_Y:
-            tl.store(y_ptr + o_offs, y, mask=m2)
-        if HAS_Z:
-            zz = tl.load(z_ptr + rows[:, None] * s_zt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + o_offs, y, mask=m2)
-        # Steps past the end are identity steps, so the last row is the state after the last valid step.
-        h = tl.sum(tl.where(offs_t[:, None, None] == L - 1, hs, 0.0), axis=0)
+    # Software pipelining by hand: every step's inputs are loaded P steps before the step runs.
+    pending = ()
+    for j in tl.static_range(P):
+        pending = pending + (_load_step(u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, start + j, start, end,
+                                        offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, 0,
+                                        HAS_Z, False, False, True, EVEN_N),)
+    for g in range(tl.cdiv(end - start, P)):
+        t0 = start + g * P
+        if g % (S // P) == 0:  # the state entering every S-th step is what the backward restarts from
+            tl.store(ck_ptr + (slot0 + g // (S // P)).to(tl.int64) * DCH * N + nd, h, mask=nd_mask)
+        for j in tl.static_range(P):
+            t = t0 + j
+            u, x, z, _, _, Bt, Ct = pending[0]
+            pending = _rotate(pending, _load_step(
+                u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, t + P, start, end, offs_d, dmask, offs_n, nmask,
+                s_ut, s_lt, s_zt, s_Bt, s_Ct, 0, HAS_Z, False, False, True, EVEN_N), P)
+            u = u.to(tl.float32)
+            _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
+            h = tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u)[None, :]
+            y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0)  # (BD,)
+            if HAS_D:
+                y += Dv * u
+            row = t.to(tl.int64)
+            m = dmask & (t < end)
+            if STORE_Y:
+                tl.store(y_ptr + row * DCH + offs_d, y, mask=m)
+            if HAS_Z:
+                zz = z.to(tl.float32)
+                y = y * zz * _sigmoid(zz)
+            tl.store(out_ptr + row * DCH + offs_d, y, mask=m)
 
-    tl.store(hT_ptr + i_s.to(tl.int64) * DCH * N + dn, h, mask=dn_mask)
+    tl.store(hT_ptr + i_s.to(tl.int64) * DCH * N + dn, h, mask=nd_mask)
 
 
 # --------------------------------------------------------------------------------------------------- backward
 @triton.jit
+def _load_piece(
+    u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0, lo, end, offs_d, dmask, offs_n, nmask,
+    s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot, HAS_Z: tl.constexpr, HAS_DY: tl.constexpr, EVEN_N: tl.constexpr,
+    V: tl.constexpr,
+):
+    """Every input of the V steps from t0 that the backward's reverse pass reads."""
+    piece = ()
+    for j in tl.static_range(V):
+        piece = piece + (_load_step(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0 + j, lo, end, offs_d,
+                                    dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot,
+                                    HAS_Z, True, HAS_DY, True, EVEN_N),)
+    return piece
+
+
+@triton.jit(do_not_specialize=["s_nd", "s_scr"])
 def _bwd_kernel(
-    u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, cu_ptr, ck_ptr,
+    u_ptr, dl_ptr, z_ptr, At_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, cu_ptr, ck_ptr,
     dout_ptr, dy_ptr, dhT_ptr,
     du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, scratch_ptr,
-    T, DCH, N, CK_PER_SEQ,
+    T, DCH, N, CK_PER_SEQ, s_nd, s_scr,
     s_ub, s_ut, s_lb, s_lt, s_zb, s_zt, s_Bb, s_Bt, s_Cb, s_Ct,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARLEN: tl.constexpr, HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr, NEED_DH0: tl.constexpr,
-    L: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
+    EVEN_N: tl.constexpr, P: tl.constexpr, S: tl.constexpr, V: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_d = tl.program_id(1)
     if VARLEN:
         start = tl.load(cu_ptr + i_s).to(tl.int64)
         end = tl.load(cu_ptr + i_s + 1).to(tl.int64)
-        slot0 = i_s + start // (K * L)
+        slot0 = i_s + start // S
     else:
         start = 0
         end = T
@@ -220,17 +286,16 @@ def _bwd_kernel(
         dB_ptr += b64 * T * N
         dC_ptr += b64 * T * N
 
-    offs_t = tl.arange(0, L)
     offs_d = i_d * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     dmask = offs_d < DCH
     nmask = offs_n < N
-    dn = offs_d[:, None] * N + offs_n[None, :]
-    dn_mask = dmask[:, None] & nmask[None, :]
+    nd = offs_n[:, None] * s_nd + offs_d[None, :]
+    dn = offs_d[None, :] * N + offs_n[:, None]
+    nd_mask = nmask[:, None] & dmask[None, :]
     s64 = i_s.to(tl.int64)
 
-    Af = tl.load(A_ptr + dn, mask=dn_mask, other=0.0).to(tl.float32)
-    A2 = Af * 1.4426950408889634
+    A2 = tl.load(At_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
     bias = tl.zeros([BD], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
@@ -238,106 +303,118 @@ def _bwd_kernel(
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
 
-    # carry = a_{t0}·g_{t0} of the chunk after the current one: what its adjoint passes back to h_{t0-1}.
-    # At the last step g = C dy + dL/dh_T, so the carry starts as the final state's gradient.
-    carry = tl.zeros([BD, BN], tl.float32)
+    # carry = a_{t+1}·g_{t+1}: what the adjoint of the later steps passes back to h_t. At the last step
+    # g = C dy + dL/dh_T, so the carry starts as the final state's gradient.
+    carry = tl.zeros([BN, BD], tl.float32)
     if HAS_DHT:
-        carry = tl.load(dhT_ptr + s64 * DCH * N + dn, mask=dn_mask, other=0.0).to(tl.float32)
-    dA_acc = tl.zeros([BD, BN], tl.float32)
+        carry = tl.load(dhT_ptr + s64 * DCH * N + dn, mask=nd_mask, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros([BN, BD], tl.float32)
     dD_acc = tl.zeros([BD], tl.float32)
     dbias_acc = tl.zeros([BD], tl.float32)
-    scratch_ptr += ((i_s * tl.num_programs(1) + i_d).to(tl.int64) * K) * BD * BN
-    loc = tl.arange(0, BD)[:, None] * BN + offs_n[None, :]  # (BD, BN) offsets into this program's scratch
+    scratch_ptr += (i_s * tl.num_programs(1) + i_d).to(tl.int64) * ((S // V) * BN * BD)
+    loc = offs_n[:, None] * s_scr + tl.arange(0, BD)[None, :]  # (BN, BD) offsets into one scratch state
 
-    n_seg = tl.cdiv(end - start, K * L)
-    for seg_rev in range(n_seg):
-        seg = n_seg - 1 - seg_rev
-        seg_start = start + seg * (K * L)
-        n_chunks = tl.minimum(tl.cdiv(end - seg_start, L), K)
-        h_seg = tl.load(ck_ptr + (slot0 + seg).to(tl.int64) * DCH * N + dn, mask=dn_mask, other=0.0)
-        if K > 1:
-            # Chunk-start states of this segment, from its saved state: only the chunk totals are needed.
-            hb = h_seg
-            tl.store(scratch_ptr + loc, hb)
-            for k in range(n_chunks - 1):
-                t = seg_start + k * L + offs_t
-                _, _, _, _, dA, dBu, _ = _chunk_inputs(
-                    u_ptr, dl_ptr, B_ptr, bias, A2, t, t < end, offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_Bt,
-                    HAS_BIAS, SOFTPLUS,
-                )
-                ta, tb = tl.reduce((dA, dBu), 0, _combine_fwd)
-                hb = ta * hb + tb
-                tl.store(scratch_ptr + (k + 1) * BD * BN + loc, hb)
-            tl.debug_barrier()  # the scratch is read back by other threads of this program
+    # The sequence is cut into pieces of V steps, processed from the last to the first; the pieces of a segment of
+    # S steps share the segment's saved state. Each piece's inputs are loaded while the piece after it is processed
+    # (software pipelining; one flat loop, so that the prefetched values keep their layout).
+    K: tl.constexpr = S // V  # pieces per segment
+    n_pieces = tl.cdiv(end - start, V)
+    piece = _load_piece(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, start + (n_pieces - 1) * V, start,
+                        end, offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, DCH, HAS_Z, HAS_DY, EVEN_N, V)
+    for i in range(n_pieces):
+        p = n_pieces - 1 - i
+        k = p % K
+        if (k == K - 1) | (i == 0):
+            # Entering segment p // K from its end: the states at the start of each of its pieces, recomputed from
+            # the segment's saved state into the scratch (inputs loaded P steps ahead).
+            seg = p // K
+            s0 = start + seg * S
+            h = tl.load(ck_ptr + (slot0 + seg).to(tl.int64) * DCH * N + nd, mask=nd_mask, other=0.0)
+            tl.debug_barrier()  # the previous segment has read its scratch
+            tl.store(scratch_ptr + loc, h)
+            pending = ()
+            for j in tl.static_range(P):
+                pending = pending + (_load_step(u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, s0 + j, start, end,
+                                                offs_d, dmask, offs_n, nmask, s_ut, s_lt, 0, s_Bt, 0, 0,
+                                                False, False, False, False, EVEN_N),)
+            for kk in range(1, k + 1):
+                for j in tl.static_range(V):
+                    t = s0 + (kk - 1) * V + j
+                    u, x, _, _, _, Bt, _ = pending[0]
+                    pending = _rotate(pending, _load_step(
+                        u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, t + P, start, end, offs_d, dmask, offs_n,
+                        nmask, s_ut, s_lt, 0, s_Bt, 0, 0, False, False, False, False, EVEN_N), P)
+                    _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
+                    h = tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u.to(tl.float32))[None, :]
+                tl.store(scratch_ptr + kk * (BN * BD) + loc, h)
+            tl.debug_barrier()
 
-        for k_rev in range(n_chunks):
-            k = n_chunks - 1 - k_rev
-            if K > 1:
-                h = tl.load(scratch_ptr + k * BD * BN + loc)
-            else:
-                h = h_seg
-            t = seg_start + k * L + offs_t
-            tmask = t < end
-            rows = t.to(tl.int64)
-            u, x, dl, Bt, dA, dBu, m2 = _chunk_inputs(
-                u_ptr, dl_ptr, B_ptr, bias, A2, t, tmask, offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_Bt,
-                HAS_BIAS, SOFTPLUS,
-            )
-            Ct = tl.load(
-                C_ptr + rows[:, None] * s_Ct + offs_n[None, :], mask=tmask[:, None] & nmask[None, :], other=0.0
-            ).to(tl.float32)
-            aa, bb = tl.associative_scan((dA, dBu), 0, _combine_fwd)
-            hs = aa * h[None, :, :] + bb  # (L, BD, BN) recomputed forward states
-
-            o_offs = rows[:, None] * DCH + offs_d[None, :]
-            dy = tl.load(dout_ptr + o_offs, mask=m2, other=0.0).to(tl.float32)
+        t0 = start + p * V
+        nxt = _load_piece(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0 - V, start, end, offs_d, dmask,
+                          offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, DCH, HAS_Z, HAS_DY, EVEN_N, V)
+        # The V states of this piece, recomputed into registers.
+        h = tl.load(scratch_ptr + k * (BN * BD) + loc)
+        hs = ()
+        for j in tl.static_range(V):
+            u, x, _, _, _, Bt, _ = piece[j]
+            _, dl = _delta(x, bias, t0 + j, end, dmask, HAS_BIAS, SOFTPLUS)
+            h = tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u.to(tl.float32))[None, :]
+            hs = hs + (h,)
+        for j in tl.static_range(V - 1, -1, -1):
+            t = t0 + j
+            row = t.to(tl.int64)
+            m = dmask & (t < end)
+            u, x, zz, dy, dy2, Bt, Ct = piece[j]
+            u = u.to(tl.float32)
+            Bt = Bt.to(tl.float32)
+            Ct = Ct.to(tl.float32)
+            x, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
+            ht = hs[j]
+            o_offs = row * DCH + offs_d
+            dy = dy.to(tl.float32)
             if HAS_Z:
                 # out = y·SiLU(z): dy = dout·SiLU(z), dz = dout·y·SiLU'(z), SiLU'(z) = σ(z)(1 + z(1 - σ(z))).
-                zz = tl.load(z_ptr + rows[:, None] * s_zt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-                sz = tl.sigmoid(zz)
-                y = tl.sum(hs * Ct[:, None, :], axis=2)
+                zz = zz.to(tl.float32)
+                sz = _sigmoid(zz)
+                y = tl.sum(ht * Ct[:, None], axis=0)
                 if HAS_D:
-                    y += Dv[None, :] * u
-                tl.store(dz_ptr + o_offs, dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
+                    y += Dv * u
+                tl.store(dz_ptr + o_offs, dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=m)
                 dy = dy * zz * sz
             if HAS_DY:
-                dy += tl.load(dy_ptr + o_offs, mask=m2, other=0.0).to(tl.float32)  # from the ungated output
+                dy += dy2.to(tl.float32)  # from the ungated output
 
-            # Adjoint: g_t = C_t·dy_t + a_{t+1}·g_{t+1}, as a reverse scan over (a_t, 1, C_t·dy_t).
-            cc = Ct[:, None, :] * dy[:, :, None]
-            ones = tl.full([L, BD, BN], 1.0, tl.float32)
-            _, xx, gg = tl.associative_scan((dA, ones, cc), 0, _combine_bwd, reverse=True)
-            g = tl.where(tmask[:, None, None], gg + xx * carry[None, :, :], 0.0)  # dL/dh_t
-            carry = tl.sum(tl.where(offs_t[:, None, None] == 0, dA * g, 0.0), axis=0)
-
+            dlu = dl * u
+            g = carry + Ct[:, None] * dy[None, :]  # dL/dh_t
             # h_t = a_t·h_{t-1} + b_t with a_t = exp(Δ_t A), b_t = Δ_t B_t u_t; a_t·h_{t-1} = h_t - b_t.
-            w = g * (hs - dBu)  # g_t·a_t·h_{t-1}
-            sB = tl.sum(g * Bt[:, None, :], axis=2)  # Σ_n g·B: shared by dΔ (×u) and du (×Δ)
-            ddl = u * sB + tl.sum(w * Af[None, :, :], axis=2)  # dL/dΔ
+            w = g * (ht - Bt[:, None] * dlu[None, :])  # g_t·a_t·h_{t-1}
+            sB = tl.sum(g * Bt[:, None], axis=0)  # Σ_n g·B: shared by dΔ (×u) and du (×Δ)
+            ddl = u * sB + tl.sum(w * A2, axis=0) * LN2  # dL/dΔ; A = A2·ln 2
             du = dl * sB
             if HAS_D:
-                du += Dv[None, :] * dy
-                dD_acc += tl.sum(dy * u, axis=0)
-            dA_acc += tl.sum(w * dl[:, :, None], axis=0)
-            pmask = tmask[:, None] & nmask[None, :]
-            tn = rows[:, None] * N + offs_n[None, :]
-            tl.atomic_add(dB_ptr + tn, tl.sum(g * (dl * u)[:, :, None], axis=1), mask=pmask, sem="relaxed")
-            tl.atomic_add(dC_ptr + tn, tl.sum(hs * dy[:, :, None], axis=1), mask=pmask, sem="relaxed")
+                du += Dv * dy
+                dD_acc += dy * u
+            dA_acc += w * dl[None, :]
+            pmask = nmask & (t < end)
+            tl.atomic_add(dB_ptr + row * N + offs_n, tl.sum(g * dlu[None, :], axis=1), mask=pmask, sem="relaxed")
+            tl.atomic_add(dC_ptr + row * N + offs_n, tl.sum(ht * dy[None, :], axis=1), mask=pmask, sem="relaxed")
+            carry = tl.exp2(dl[None, :] * A2) * g  # a_t·g_t (a_t recomputed: registers are the scarcer)
             if SOFTPLUS:
-                ddl = ddl * tl.sigmoid(x)  # softplus' = σ
-            ddl = tl.where(m2, ddl, 0.0)
+                ddl = ddl * _sigmoid(x)  # softplus' = σ
+            ddl = tl.where(m, ddl, 0.0)
             if HAS_BIAS:
-                dbias_acc += tl.sum(ddl, axis=0)
-            tl.store(du_ptr + o_offs, du, mask=m2)
-            tl.store(ddl_ptr + o_offs, ddl, mask=m2)
+                dbias_acc += ddl
+            tl.store(du_ptr + o_offs, du, mask=m)
+            tl.store(ddl_ptr + o_offs, ddl, mask=m)
+        piece = nxt
 
-    tl.store(dA_ptr + s64 * DCH * N + dn, dA_acc, mask=dn_mask)
+    tl.store(dA_ptr + s64 * DCH * N + dn, dA_acc, mask=nd_mask)
     if HAS_D:
         tl.store(dD_ptr + s64 * DCH + offs_d, dD_acc, mask=dmask)
     if HAS_BIAS:
         tl.store(dbias_ptr + s64 * DCH + offs_d, dbias_acc, mask=dmask)
     if NEED_DH0:
-        tl.store(dh0_ptr + s64 * DCH * N + dn, carry, mask=dn_mask)  # a_{start}·g_{start} = dL/dh_0
+        tl.store(dh0_ptr + s64 * DCH * N + dn, carry, mask=nd_mask)  # a_{start}·g_{start} = dL/dh_0
 
 
 #: Whether ``@triton.jit`` built this module's kernels for the interpreter (``TRITON_INTERPRET=1`` when it was
@@ -346,19 +423,14 @@ INTERPRETED: bool = type(_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 # --------------------------------------------------------------------------------------------------- launchers
-def _tiles(Dch: int, N: int, chunk: int, block_d: int, max_tile: int) -> tuple[int, int]:
-    """(BD, BN): N padded to a power of two; BD halved until an (L, BD, BN) tile fits ``max_tile`` elements."""
-    BN = triton.next_power_of_2(N)
-    BD = min(block_d, triton.next_power_of_2(Dch))
-    while BD > 1 and chunk * BD * BN > max_tile:
-        BD //= 2
-    return BD, BN
+def _block_d(Dch: int, block_d: int) -> int:
+    return min(block_d, triton.next_power_of_2(Dch))
 
 
 def _checkpoint_slots(Bsz: int, T: int, n_docs: int | None, every: int) -> tuple[int, int]:
-    """(slots, slots per sequence) of the saved-state buffer. Dense: sequence b, segment s -> b·⌈T/KL⌉ + s.
-    Varlen: document i starting at s_i, segment s -> i + ⌊s_i/KL⌋ + s, which is injective because
-    ⌊s_i/KL⌋ + ⌈len_i/KL⌉ ≤ ⌊s_{i+1}/KL⌋ + 1, and needs no device-to-host copy of cu_seqlens."""
+    """(slots, slots per sequence) of the saved-state buffer. Dense: sequence b, segment s -> b·⌈T/S⌉ + s.
+    Varlen: document i starting at s_i, segment s -> i + ⌊s_i/S⌋ + s, which is injective because
+    ⌊s_i/S⌋ + ⌈len_i/S⌉ ≤ ⌊s_{i+1}/S⌋ + 1, and needs no device-to-host copy of cu_seqlens."""
     if n_docs is None:
         per_seq = triton.cdiv(T, every)
         return Bsz * per_seq, per_seq
@@ -392,55 +464,59 @@ def _n_seqs(u: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
     return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
+def _A_t(A: torch.Tensor) -> torch.Tensor:
+    """A^T (N, D) in fp32: the kernels' state tiles are (N, BD), channels contiguous."""
+    return A.t().float().contiguous()
+
+
 @torch.library.custom_op("archscale::selective_scan_fwd", mutates_args=(), device_types=("cuda", "cpu"))
 def _fwd_op(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-    delta_softplus: bool, store_ungated: bool, want_dhT: bool,
-    chunk: int, ckpt_chunks: int, block_d_fwd: int, block_d_bwd: int, warps_fwd: int, warps_bwd: int, max_tile: int,
+    delta_softplus: bool, store_ungated: bool, want_dhT: bool, config: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, final_state fp32, ungated y or an empty tensor, saved states fp32). See :func:`selective_scan_triton`."""
+    cfg = ScanConfig(*config)
     u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
     z = None if z is None else _last_dim_contiguous(z)
     Bsz, T, Dch = u.shape
     N = A.shape[-1]
     n_docs = None if cu_seqlens is None else cu_seqlens.shape[0] - 1
     nseq = _n_seqs(u, cu_seqlens)
-    slots, per_seq = _checkpoint_slots(Bsz, T, n_docs, chunk * ckpt_chunks)
+    slots, per_seq = _checkpoint_slots(Bsz, T, n_docs, cfg.ckpt_every)
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if store_ungated else u.new_empty(0)
     hT = u.new_empty(nseq, Dch, N, dtype=torch.float32)
-    ck = u.new_empty(slots, Dch, N, dtype=torch.float32)
-    BD, BN = _tiles(Dch, N, chunk, block_d_fwd, max_tile)
+    ck = u.new_empty(slots, N, Dch, dtype=torch.float32)
+    BD, BN = _block_d(Dch, cfg.block_d_fwd), triton.next_power_of_2(N)
     with _launch_guard(u):
         _fwd_kernel[(nseq, triton.cdiv(Dch, BD))](
-            u, delta, z if z is not None else u, A.contiguous(), B, C,
+            u, delta, z if z is not None else u, _A_t(A), B, C,
             D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
             initial_state.contiguous() if initial_state is not None else u,
             cu_seqlens if cu_seqlens is not None else u,
             out, y if store_ungated else out, hT, ck,
-            T, Dch, N, per_seq, *_strides(u, delta, z, B, C),
+            T, Dch, N, per_seq, Dch, *_strides(u, delta, z, B, C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_H0=initial_state is not None, VARLEN=cu_seqlens is not None, STORE_Y=store_ungated,
-            L=chunk, BD=BD, BN=BN, K=ckpt_chunks, num_warps=warps_fwd,
+            EVEN_N=N == BN, P=cfg.prefetch, S=cfg.ckpt_every, BD=BD, BN=BN, num_warps=cfg.warps_fwd,
         )
     return out, hT, y, ck
 
 
 @_fwd_op.register_fake
 def _fwd_fake(
-    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_ungated, want_dhT,
-    chunk, ckpt_chunks, block_d_fwd, block_d_bwd, warps_fwd, warps_bwd, max_tile,
+    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_ungated, want_dhT, config,
 ):  # noqa: ANN001, ANN202
     Bsz, T, Dch = u.shape
     N = A.shape[-1]
     n_docs = None if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    slots, _ = _checkpoint_slots(Bsz, T, n_docs, chunk * ckpt_chunks)
+    slots, _ = _checkpoint_slots(Bsz, T, n_docs, ScanConfig(*config).ckpt_every)
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if store_ungated else u.new_empty(0)
     return out, u.new_empty(_n_seqs(u, cu_seqlens), Dch, N, dtype=torch.float32), y, \
-        u.new_empty(slots, Dch, N, dtype=torch.float32)
+        u.new_empty(slots, N, Dch, dtype=torch.float32)
 
 
 @torch.library.custom_op("archscale::selective_scan_bwd", mutates_args=(), device_types=("cuda", "cpu"))
@@ -449,10 +525,11 @@ def _bwd_op(
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None, ck: torch.Tensor,
     dout: torch.Tensor, dy: torch.Tensor | None, dhT: torch.Tensor | None,
-    delta_softplus: bool, need_dh0: bool, chunk: int, ckpt_chunks: int, block_d: int, num_warps: int, max_tile: int,
+    delta_softplus: bool, need_dh0: bool, config: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 fp32), empty tensors for absent inputs."""
+    cfg = ScanConfig(*config)
     u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
     z = None if z is None else _last_dim_contiguous(z)
     dout = dout.contiguous()
@@ -460,8 +537,8 @@ def _bwd_op(
     Bsz, T, Dch = u.shape
     N = A.shape[-1]
     nseq = _n_seqs(u, cu_seqlens)
-    _, per_seq = _checkpoint_slots(Bsz, T, None if cu_seqlens is None else nseq, chunk * ckpt_chunks)
-    BD, BN = _tiles(Dch, N, chunk, block_d, max_tile)
+    _, per_seq = _checkpoint_slots(Bsz, T, None if cu_seqlens is None else nseq, cfg.ckpt_every)
+    BD, BN = _block_d(Dch, cfg.block_d_bwd), triton.next_power_of_2(N)
     n_db = triton.cdiv(Dch, BD)
     f32 = torch.float32
     du = torch.empty_like(u, memory_format=torch.contiguous_format)
@@ -473,19 +550,21 @@ def _bwd_op(
     dD = u.new_empty(nseq, Dch, dtype=f32) if D is not None else u.new_empty(0)
     dbias = u.new_empty(nseq, Dch, dtype=f32) if delta_bias is not None else u.new_empty(0)
     dh0 = u.new_empty(nseq, Dch, N, dtype=f32) if need_dh0 else u.new_empty(0)
-    scratch = u.new_empty(nseq * n_db * ckpt_chunks * BD * BN if ckpt_chunks > 1 else 1, dtype=f32)
+    # Per program: the states at every V-th step of one segment (L2-resident: S/V · BN · BD fp32).
+    scratch = u.new_empty(nseq * n_db * (cfg.ckpt_every // cfg.substeps) * BN * BD, dtype=f32)
     with _launch_guard(u):
         _bwd_kernel[(nseq, n_db)](
-            u, delta, z if z is not None else u, A.contiguous(), B, C,
+            u, delta, z if z is not None else u, _A_t(A), B, C,
             D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
             cu_seqlens if cu_seqlens is not None else u, ck,
             dout, dy if dy is not None else dout, dhT.contiguous() if dhT is not None else dout,
             du, ddelta, dz if z is not None else du, dA, dB, dC,
             dD if D is not None else dA, dbias if delta_bias is not None else dA, dh0 if need_dh0 else dA, scratch,
-            T, Dch, N, per_seq, *_strides(u, delta, z, B, C),
+            T, Dch, N, per_seq, Dch, BD, *_strides(u, delta, z, B, C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, HAS_DHT=dhT is not None, NEED_DH0=need_dh0,
-            L=chunk, BD=BD, BN=BN, K=ckpt_chunks, num_warps=num_warps,
+            EVEN_N=N == BN, P=cfg.prefetch, S=cfg.ckpt_every, V=cfg.substeps, BD=BD, BN=BN,
+            num_warps=cfg.warps_bwd,
         )
     return (
         du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
@@ -498,8 +577,7 @@ def _bwd_op(
 
 @_bwd_op.register_fake
 def _bwd_fake(
-    u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ck, dout, dy, dhT, delta_softplus, need_dh0,
-    chunk, ckpt_chunks, block_d, num_warps, max_tile,
+    u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ck, dout, dy, dhT, delta_softplus, need_dh0, config,
 ):  # noqa: ANN001, ANN202
     nseq, (_, _, Dch), N = _n_seqs(u, cu_seqlens), u.shape, A.shape[-1]
 
@@ -514,28 +592,28 @@ def _bwd_fake(
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
     (u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_ungated, want_dhT,
-     chunk, ckpt_chunks, _, block_d_bwd, _, warps_bwd, max_tile) = inputs
+     config) = inputs
     ck = output[3]
     ctx.mark_non_differentiable(ck)
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ck)
-    ctx.opts = (delta_softplus, store_ungated, want_dhT, chunk, ckpt_chunks, block_d_bwd, warps_bwd, max_tile)
+    ctx.opts = (delta_softplus, store_ungated, want_dhT, config)
 
 
 def _backward(ctx, dout, dhT, dy, _dck):  # noqa: ANN001, ANN202
     u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ck = ctx.saved_tensors
-    delta_softplus, store_ungated, want_dhT, chunk, ckpt_chunks, block_d, num_warps, max_tile = ctx.opts
+    delta_softplus, store_ungated, want_dhT, config = ctx.opts
     need_dh0 = initial_state is not None and ctx.needs_input_grad[8]
     du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _bwd_op(
         u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ck,
         dout, dy if store_ungated else None, dhT if want_dhT else None,
-        delta_softplus, need_dh0, chunk, ckpt_chunks, block_d, num_warps, max_tile,
+        delta_softplus, need_dh0, config,
     )
     return (
         du, ddelta, dA, dB, dC,
         dD if D is not None else None, dz if z is not None else None,
         dbias if delta_bias is not None else None,
         dh0.to(initial_state.dtype) if need_dh0 else None,
-        *([None] * 11),
+        *([None] * 5),
     )
 
 
@@ -569,8 +647,7 @@ def selective_scan_triton(
     store_ungated = return_ungated and z is not None  # without a gate, the ungated output is the output
     out, hT, y, _ = _fwd_op(
         u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_ungated,
-        return_final_state, cfg.chunk, cfg.ckpt_chunks, cfg.block_d_fwd, cfg.block_d_bwd, cfg.warps_fwd,
-        cfg.warps_bwd, cfg.max_tile,
+        return_final_state, list(cfg),
     )
     ungated = (y if store_ungated else out) if return_ungated else None
     return SelectiveScanOutput(out, hT if return_final_state else None, ungated)
@@ -604,6 +681,9 @@ def _validate(
     for name, v in cfg._asdict().items():
         if v < 1 or v & (v - 1):
             raise ValueError(f"ScanConfig.{name} must be a power of two, got {v}")
+    if cfg.ckpt_every < max(cfg.prefetch, cfg.substeps):
+        raise ValueError(f"ScanConfig.ckpt_every ({cfg.ckpt_every}) must be a multiple of prefetch ({cfg.prefetch}) "
+                         f"and of substeps ({cfg.substeps})")
     if cu_seqlens is None:
         check_initial_state(initial_state, (Bsz, Dch, N))
         return
