@@ -144,6 +144,15 @@ def _delta(x, bias, t, end, dmask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
 
 
 @triton.jit
+def _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One step of the recurrence from step t's raw inputs: (u, Δ, h_t) in fp32, with
+    h_t = exp(Δ_t A)·h_{t-1} + Δ_t B_t u_t and exp(Δ A) = 2^(Δ · A log2 e)."""
+    u = u.to(tl.float32)
+    _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
+    return u, dl, tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u)[None, :]
+
+
+@triton.jit
 def _rotate(pending, new, P: tl.constexpr):
     """Drop the oldest of P prefetched steps and append the newest."""
     rest = ()
@@ -217,9 +226,7 @@ def _fwd_kernel(
             pending = _rotate(pending, _load_step(
                 u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, t + P, start, end, offs_d, dmask, offs_n, nmask,
                 s_ut, s_lt, s_zt, s_Bt, s_Ct, 0, HAS_Z, False, False, True, EVEN_N), P)
-            u = u.to(tl.float32)
-            _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
-            h = tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u)[None, :]
+            u, dl, h = _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
             y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0)  # (BD,)
             if HAS_D:
                 y += Dv * u
@@ -344,8 +351,7 @@ def _bwd_kernel(
                     pending = _rotate(pending, _load_step(
                         u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, t + P, start, end, offs_d, dmask, offs_n,
                         nmask, s_ut, s_lt, 0, s_Bt, 0, 0, False, False, False, False, EVEN_N), P)
-                    _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
-                    h = tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u.to(tl.float32))[None, :]
+                    _, _, h = _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
                 tl.store(scratch_ptr + kk * (BN * BD) + loc, h)
             tl.debug_barrier()
 
@@ -357,8 +363,7 @@ def _bwd_kernel(
         hs = ()
         for j in tl.static_range(V):
             u, x, _, _, _, Bt, _ = piece[j]
-            _, dl = _delta(x, bias, t0 + j, end, dmask, HAS_BIAS, SOFTPLUS)
-            h = tl.exp2(dl[None, :] * A2) * h + Bt.to(tl.float32)[:, None] * (dl * u.to(tl.float32))[None, :]
+            _, _, h = _advance(h, u, x, Bt, A2, bias, t0 + j, end, dmask, HAS_BIAS, SOFTPLUS)
             hs = hs + (h,)
         for j in tl.static_range(V - 1, -1, -1):
             t = t0 + j
