@@ -326,6 +326,19 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error() -> None:
         selective_scan(**make_inputs(1, 5, 3, 2), impl="triton")
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_config_segment_shorter_than_its_pieces_is_refused() -> None:
+    """ScanConfig is checked before any launch: the saved-state interval must hold whole prefetch groups and whole
+    backward pieces."""
+    from archscale.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
+
+    for bad, name in ((ScanConfig(ckpt_every=2, substeps=4), "substeps (4)"),
+                      (ScanConfig(ckpt_every=2, prefetch=4, substeps=2), "prefetch (4)")):
+        with pytest.raises(ValueError, match=r"ScanConfig.ckpt_every \(2\) must be a multiple") as err:
+            selective_scan_triton(**make_inputs(1, 5, 3, 2), config=bad)
+        assert name in str(err.value), str(err.value)
+
+
 # ------------------------------------------------------------------------------------------- GPU
 def _poison_cuda_allocator() -> None:
     """Fill 1 GiB of the caching allocator with NaN and free it: outputs allocated next reuse that memory, so an
