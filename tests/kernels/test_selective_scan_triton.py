@@ -133,6 +133,32 @@ def case_dense_minimal() -> dict[str, float]:
     return compare(_triton(**cfg), inp, delta_softplus=False, return_final_state=True)
 
 
+def case_dense_time_chunks() -> dict[str, float]:
+    # Time cut into chunks (forward 8 steps, backward 4, the last partial): the first passes' chunk summaries are
+    # folded into each chunk's entering state and carry, and dA, dD, d bias are summed over chunks.
+    inp = make_inputs(2, 30, 6, 3, h0=2)
+    cfg = {**SMALL, "time_chunk_fwd": 8, "time_chunk_bwd": 4}
+    return compare(_triton(**cfg), inp, return_final_state=True, return_ungated=True)
+
+
+def case_dense_minimal_time_chunks() -> dict[str, float]:
+    # No z, D, bias, initial state or final-state gradient, with chunks: T = 17 over chunks of 8 and 16.
+    inp = make_inputs(2, 17, 8, 4, z=False, D=False, bias=False)
+    inp["delta"] = F.softplus(inp["delta"])
+    cfg = {**SMALL, "prefetch": 4, "ckpt_every": 8, "substeps": 8, "time_chunk_fwd": 16, "time_chunk_bwd": 8}
+    return compare(_triton(**cfg), inp, delta_softplus=False)
+
+
+def case_varlen_time_chunks() -> dict[str, float]:
+    # Documents of 1, 9, 3, 17, 2 and 6 tokens over chunks of 4 (forward) and 8 (backward) steps: documents of one
+    # chunk and of several, chunk slots between documents that no program owns, a one-token document.
+    lengths = [1, 9, 3, 17, 2, 6]
+    inp = make_inputs(1, sum(lengths), 6, 3, h0=len(lengths))
+    cfg = {**SMALL, "time_chunk_fwd": 4, "time_chunk_bwd": 8}
+    return compare(_triton(**cfg), inp, cu_seqlens=split_cu(lengths), return_final_state=True,
+                   return_ungated=True)
+
+
 def case_dense_length_one() -> dict[str, float]:
     inp = make_inputs(1, 1, 3, 2, h0=1)
     return compare(_triton(**SMALL), inp, return_final_state=True, return_ungated=True)
@@ -230,6 +256,9 @@ def errors_interpreted() -> dict[str, str]:
 CASES: dict[str, Callable[[], dict[str, float]]] = {
     "dense_all_options": case_dense_all_options,
     "dense_minimal": case_dense_minimal,
+    "dense_time_chunks": case_dense_time_chunks,
+    "dense_minimal_time_chunks": case_dense_minimal_time_chunks,
+    "varlen_time_chunks": case_varlen_time_chunks,
     "dense_length_one": case_dense_length_one,
     "public_default_tiles": case_public_default_tiles,
     "strided_inputs": case_strided_inputs,
@@ -339,6 +368,41 @@ def test_config_segment_shorter_than_its_pieces_is_refused() -> None:
         assert name in str(err.value), str(err.value)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_config_time_chunk_is_checked() -> None:
+    """A time chunk must be 0 (automatic) or a power-of-two multiple of the saved-state interval."""
+    from archscale.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
+
+    with pytest.raises(ValueError, match=r"ScanConfig.time_chunk_fwd \(16\) must be 0 \(automatic\) or a multiple "
+                                         r"of ckpt_every \(32\)"):
+        selective_scan_triton(**make_inputs(1, 5, 3, 2), config=ScanConfig(time_chunk_fwd=16))
+    with pytest.raises(ValueError, match=r"ScanConfig.time_chunk_bwd must be a power of two, got 48"):
+        selective_scan_triton(**make_inputs(1, 5, 3, 2), config=ScanConfig(time_chunk_bwd=48))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_time_chunk_fills_the_gpu_and_stays_whole_off_it() -> None:
+    """The automatic chunk length: no chunks when the (row, channel block) programs fill half the SMs' resident
+    slots (WARPS_PER_SM = 8 each); else chunks for CHUNK_WAVES (8) waves, at least ckpt_every steps, at most
+    MAX_TIME_CHUNKS chunks; one chunk per sequence off CUDA."""
+    from unittest import mock
+
+    from archscale.kernels.selective_scan import triton_scan as ts
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert ts._time_chunk(0, 4096, 1, 128, 1, 32, cpu) == 4096
+    assert ts._time_chunk(0, 1000, 1, 128, 1, 32, cpu) == 1024
+    assert ts._time_chunk(64, 4096, 4, 128, 1, 32, cpu) == 64
+    with mock.patch.object(ts, "_sm_count", lambda device: 132):  # 1056 resident one-warp programs
+        # B1 T16384, 128 channel blocks: 16384·128 / (8·1056) = 248.2 -> 256 steps, 64 chunks, 8192 programs.
+        assert ts._time_chunk(0, 16384, 1, 128, 1, 32, cuda) == 256
+        assert ts._time_chunk(0, 16384, 1, 128, 2, 32, cuda) == 512  # two warps per program: half the slots
+        assert ts._time_chunk(0, 4096, 4, 128, 1, 32, cuda) == 256  # 512 programs: fewer than half the slots
+        assert ts._time_chunk(0, 4096, 4, 132, 1, 32, cuda) == 4096  # 528: half the slots, no split
+        assert ts._time_chunk(0, 1 << 20, 1, 1, 1, 32, cuda) == (1 << 20) // ts.MAX_TIME_CHUNKS
+        assert ts._time_chunk(0, 100, 1, 1, 1, 32, cuda) == 32  # never below ckpt_every
+
+
 # ------------------------------------------------------------------------------------------- GPU
 def _poison_cuda_allocator() -> None:
     """Fill 1 GiB of the caching allocator with NaN and free it: outputs allocated next reuse that memory, so an
@@ -380,10 +444,14 @@ def test_gpu_bf16_matches_fp32_reference(varlen: bool) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [{"ckpt_every": 8, "substeps": 1, "prefetch": 1},
-                                 {"block_d_fwd": 64, "block_d_bwd": 16, "prefetch": 4, "substeps": 4, "ckpt_every": 64}],
-                         ids=["short_segments", "wide_blocks"])
+                                 {"block_d_fwd": 64, "block_d_bwd": 16, "prefetch": 4, "substeps": 4, "ckpt_every": 64},
+                                 {"time_chunk_fwd": 1 << 30, "time_chunk_bwd": 1 << 30},
+                                 {"time_chunk_fwd": 64, "time_chunk_bwd": 256, "block_d_fwd": 16, "block_d_bwd": 8,
+                                  "prefetch": 2, "substeps": 1}],
+                         ids=["short_segments", "wide_blocks", "whole_sequences", "mixed_chunks"])
 def test_gpu_other_tiles(cfg: dict[str, int]) -> None:
-    """The tile shapes the benchmark sweeps are correct too (the default is covered above)."""
+    """The launch shapes the benchmark sweeps are correct too (the default, automatic time chunks of 32 steps at
+    this size, is covered above)."""
     torch.manual_seed(0)
     inp, kw = _gpu_case(True, torch.float32)
     errs = compare(_triton(**cfg), inp, return_final_state=True, return_ungated=True, **kw)

@@ -20,6 +20,16 @@ reductions over d (dB, dC) are shuffles across the BD channel threads, then one 
 Time-parallel scans in registers (tl.associative_scan over chunks of steps, this module's first version) spent most
 of their time moving the scan axis between threads: 3x slower end to end (benchmarks/RESULTS.md).
 
+Time chunks. One warp per (sequence, channel block) leaves most of the GPU idle when there are few sequences (B1
+T16384 D4096: 128 forward programs for 132 SMs). The recurrence is linear in the state, so time is then cut into
+chunks of L steps, each its own program, in two passes (the chunked scan of Blelloch 1990, with Mamba's diagonal
+A): first every chunk runs from h = 0 and keeps its final state h_c and Σ Δ over its steps (its transition is
+then exp(A Σ Δ)); then each chunk folds the summaries of the chunks before it, h ← exp(A Σ Δ_c)·h + h_c starting
+from h0, and runs for real. The backward does the same for the adjoint, from the last chunk back. A chunk's
+program is found from its slot: batch row · chunks + chunk, or, packed, document i's chunk c at i + ⌊s_i/L⌋ + c
+(found by bisection over cu_seqlens). ``_time_chunk`` picks L per call (no chunks when the sequences already fill
+the GPU).
+
 Memory. The forward saves the state every ``ckpt_every`` (S) steps ((T / S) · D · N fp32 numbers per sequence
 instead of T · D · N). The backward runs over pieces of ``substeps`` (V) steps from the last to the first. Entering a
 segment of S steps (from its end), it recomputes the state at the start of each of its pieces from the segment's
@@ -34,6 +44,7 @@ dB and dC are summed over channel blocks with fp32 atomic adds, so they are not 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -52,8 +63,9 @@ LN2 = tl.constexpr(0.6931471805599453)
 class ScanConfig(NamedTuple):
     """Launch shape. ``block_d_*`` channels per program and ``warps_*`` warps per program (forward, backward);
     ``prefetch`` steps loaded ahead in the forward; the forward saves the state every ``ckpt_every`` steps; the
-    backward keeps ``substeps`` recomputed states in registers. All are powers of two, and ``ckpt_every`` is a
-    multiple of ``prefetch`` and of ``substeps``."""
+    backward keeps ``substeps`` recomputed states in registers; ``time_chunk_*`` steps per program along time.
+    All are powers of two, ``ckpt_every`` is a multiple of ``prefetch`` and of ``substeps``, and a time chunk
+    (unless 0, automatic) a multiple of ``ckpt_every``."""
 
     # Defaults: the fastest of `benchmarks/selective_scan_bench.py --sweep` on an H200 (B4 T4096 D4096 N16 bf16,
     # 2026-12-04): forward 32 channels 1.68 ms, backward 16 channels 4.7 ms (8 or 32 channels, two warps, other
@@ -65,6 +77,10 @@ class ScanConfig(NamedTuple):
     prefetch: int = 4
     ckpt_every: int = 32
     substeps: int = 2
+    # Steps per time chunk (forward, backward): a power of two, a multiple of ckpt_every; 0 = chosen per call by
+    # _time_chunk (enough programs to fill the GPU; one chunk per sequence off the GPU).
+    time_chunk_fwd: int = 0
+    time_chunk_bwd: int = 0
 
 
 # --------------------------------------------------------------------------------------------------- jit helpers
@@ -109,21 +125,24 @@ def _load_step(
     u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t, lo, end, offs_d, dmask, offs_n, nmask,
     s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot,
     WITH_Z: tl.constexpr, WITH_DOUT: tl.constexpr, WITH_DY: tl.constexpr, WITH_C: tl.constexpr,
-    EVEN_N: tl.constexpr,
+    EVEN_N: tl.constexpr, WITH_UB: tl.constexpr,
 ):
     """The raw inputs of step t, each in its own dtype (u, δ, z, dout, dy (BD,); B, C (BN,)); scalar zeros for
-    those not asked for. Issued steps ahead of their use (software pipelining), so they stay compact until used.
+    those not asked for (u and B together, by ``WITH_UB``).
+    Issued steps ahead of their use (software pipelining), so they stay compact until used.
     A step outside [lo, end) loads zeros, which the callers turn into Δ = 0: a = 1 and b = 0, the identity step,
     which leaves the state and every gradient untouched."""
     ok = (t >= lo) & (t < end)
     row = t.to(tl.int64)
     m = dmask & ok
-    u = tl.load(u_ptr + row * s_ut + offs_d, mask=m, other=0.0)
+    u = _load_d(u_ptr, row, s_ut, offs_d, m, WITH_UB)
     x = tl.load(dl_ptr + row * s_lt + offs_d, mask=m, other=0.0)
     z = _load_d(z_ptr, row, s_zt, offs_d, m, WITH_Z)
     do = _load_d(dout_ptr, row, s_ot, offs_d, m, WITH_DOUT)
     dy = _load_d(dy_ptr, row, s_ot, offs_d, m, WITH_DY)
-    Bt = _load_n(B_ptr, row, s_Bt, offs_n, nmask, ok, EVEN_N)
+    Bt = 0.0
+    if WITH_UB:
+        Bt = _load_n(B_ptr, row, s_Bt, offs_n, nmask, ok, EVEN_N)
     Ct = 0.0
     if WITH_C:
         Ct = _load_n(C_ptr, row, s_Ct, offs_n, nmask, ok, EVEN_N)
@@ -161,26 +180,64 @@ def _rotate(pending, new, P: tl.constexpr):
     return rest + (new,)
 
 
+# --------------------------------------------------------------------------------------------------- time chunks
+@triton.jit
+def _locate(q, cu_ptr, n_docs, T, L, N_CHUNKS, N_SEARCH, VARLEN: tl.constexpr):
+    """Program q's time chunk: (sequence i, its first step, its end, chunk index c within it, its chunk count).
+    Dense: q = i·N_CHUNKS + c. Varlen: chunk c of document i is slot i + ⌊s_i/L⌋ + c (injective, as the saved
+    states' slots, see _checkpoint_slots); the document is found by bisection over cu_seqlens (N_SEARCH halvings).
+    A slot between two documents' chunks gets c >= its chunk count: that program has nothing to do."""
+    if VARLEN:
+        lo = q * 0
+        hi = lo + n_docs
+        for _ in range(N_SEARCH):
+            mid = (lo + hi) // 2
+            below = mid + tl.load(cu_ptr + mid) // L <= q
+            lo = tl.where(below, mid, lo)
+            hi = tl.where(below, hi, mid)
+        start = tl.load(cu_ptr + lo).to(tl.int64)
+        end = tl.load(cu_ptr + lo + 1).to(tl.int64)
+        c = q - lo - (start // L).to(tl.int32)
+        n_c = tl.maximum(tl.cdiv(end - start, L), 1).to(tl.int32)
+        i = lo
+    else:
+        i = q // N_CHUNKS
+        c = q % N_CHUNKS
+        start = (q * 0).to(tl.int64)
+        end = start + T
+        n_c = q * 0 + N_CHUNKS
+    return i, start, end, c, n_c
+
+
+@triton.jit
+def _chunk_summary(ptr, sdl_ptr, slot, DCH, N, nd, nd_mask, offs_d, dmask):
+    """A chunk's summary: its (N, BD) state (or adjoint carry) from zero, and its Σ Δ (BD,), fp32."""
+    sl = slot.to(tl.int64)
+    sd = tl.load(sdl_ptr + sl * DCH + offs_d, mask=dmask, other=0.0)
+    return tl.load(ptr + sl * DCH * N + nd, mask=nd_mask, other=0.0), sd
+
+
 # --------------------------------------------------------------------------------------------------- forward
 @triton.jit(do_not_specialize=["s_nd"])
 def _fwd_kernel(
     u_ptr, dl_ptr, z_ptr, At_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, cu_ptr,
-    out_ptr, y_ptr, hT_ptr, ck_ptr,
-    T, DCH, N, CK_PER_SEQ, s_nd,
+    out_ptr, y_ptr, hT_ptr, ck_ptr, hc_ptr, sdl_ptr,
+    T, DCH, N, CK_PER_SEQ, n_docs, N_CHUNKS, L, N_SEARCH, s_nd,
     s_ub, s_ut, s_lb, s_lt, s_zb, s_zt, s_Bb, s_Bt, s_Cb, s_Ct,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_Y: tl.constexpr, EVEN_N: tl.constexpr,
-    P: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    STATE_ONLY: tl.constexpr, P: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
-    i_s = tl.program_id(0)  # sequence: batch row, or document of a packed batch
-    i_d = tl.program_id(1)  # channel block
+    """One time chunk of L steps of one sequence, BD channels. With STATE_ONLY (the first of two passes): every
+    chunk but a sequence's last runs from h = 0 and stores its final state and Σ Δ (its summary). Otherwise: the
+    chunk's entering state is folded from h0 and the summaries of the chunks before it, h ← exp(A Σ Δ_j)·h + h_j
+    (the recurrence is linear in h), and the chunk runs for real: outputs, saved states, the final state."""
+    q = tl.program_id(0)
+    i_d = tl.program_id(1)
+    i_s, seq_start, seq_end, c, n_c = _locate(q, cu_ptr, n_docs, T, L, N_CHUNKS, N_SEARCH, VARLEN)
     if VARLEN:
-        start = tl.load(cu_ptr + i_s).to(tl.int64)
-        end = tl.load(cu_ptr + i_s + 1).to(tl.int64)
-        slot0 = i_s + start // S  # injective over documents (see _checkpoint_slots)
+        slot0 = i_s + seq_start // S  # saved-state slots of the document (see _checkpoint_slots)
     else:
-        start = 0
-        end = T
         slot0 = i_s * CK_PER_SEQ
         b64 = i_s.to(tl.int64)
         u_ptr += b64 * s_ub
@@ -190,6 +247,12 @@ def _fwd_kernel(
         C_ptr += b64 * s_Cb
         out_ptr += b64 * T * DCH
         y_ptr += b64 * T * DCH
+    if STATE_ONLY:
+        run = c < n_c - 1  # the last chunk's summary is never needed
+    else:
+        run = c < n_c
+    start = seq_start + c * L
+    end = tl.where(run, tl.minimum(start + L, seq_end), start)  # no step at all for a program with nothing to do
 
     offs_d = i_d * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
@@ -207,39 +270,55 @@ def _fwd_kernel(
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
     h = tl.zeros([BN, BD], tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + i_s.to(tl.int64) * DCH * N + dn, mask=nd_mask, other=0.0).to(tl.float32)
+    sdl = tl.zeros([BD], tl.float32)
+    if not STATE_ONLY:
+        if HAS_H0:
+            h = tl.load(h0_ptr + i_s.to(tl.int64) * DCH * N + dn, mask=nd_mask, other=0.0).to(tl.float32)
+        for j in range(tl.where(run, c, 0)):  # the chunks before this one, first to last
+            hj, sj = _chunk_summary(hc_ptr, sdl_ptr, q - c + j, DCH, N, nd, nd_mask, offs_d, dmask)
+            h = tl.exp2(sj[None, :] * A2) * h + hj
+        slot0 += c * (L // S)
 
     # Software pipelining by hand: every step's inputs are loaded P steps before the step runs.
     pending = ()
     for j in tl.static_range(P):
         pending = pending + (_load_step(u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, start + j, start, end,
                                         offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, 0,
-                                        HAS_Z, False, False, True, EVEN_N),)
+                                        HAS_Z and not STATE_ONLY, False, False, not STATE_ONLY, EVEN_N, True),)
     for g in range(tl.cdiv(end - start, P)):
         t0 = start + g * P
-        if g % (S // P) == 0:  # the state entering every S-th step is what the backward restarts from
-            tl.store(ck_ptr + (slot0 + g // (S // P)).to(tl.int64) * DCH * N + nd, h, mask=nd_mask)
+        if not STATE_ONLY:
+            if g % (S // P) == 0:  # the state entering every S-th step is what the backward restarts from
+                tl.store(ck_ptr + (slot0 + g // (S // P)).to(tl.int64) * DCH * N + nd, h, mask=nd_mask)
         for j in tl.static_range(P):
             t = t0 + j
             u, x, z, _, _, Bt, Ct = pending[0]
             pending = _rotate(pending, _load_step(
                 u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, t + P, start, end, offs_d, dmask, offs_n, nmask,
-                s_ut, s_lt, s_zt, s_Bt, s_Ct, 0, HAS_Z, False, False, True, EVEN_N), P)
+                s_ut, s_lt, s_zt, s_Bt, s_Ct, 0, HAS_Z and not STATE_ONLY, False, False, not STATE_ONLY, EVEN_N,
+                True), P)
             u, dl, h = _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
-            y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0)  # (BD,)
-            if HAS_D:
-                y += Dv * u
-            row = t.to(tl.int64)
-            m = dmask & (t < end)
-            if STORE_Y:
-                tl.store(y_ptr + row * DCH + offs_d, y, mask=m)
-            if HAS_Z:
-                zz = z.to(tl.float32)
-                y = y * zz * _sigmoid(zz)
-            tl.store(out_ptr + row * DCH + offs_d, y, mask=m)
+            if STATE_ONLY:
+                sdl += dl
+            else:
+                y = tl.sum(h * Ct.to(tl.float32)[:, None], axis=0)  # (BD,)
+                if HAS_D:
+                    y += Dv * u
+                row = t.to(tl.int64)
+                m = dmask & (t < end)
+                if STORE_Y:
+                    tl.store(y_ptr + row * DCH + offs_d, y, mask=m)
+                if HAS_Z:
+                    zz = z.to(tl.float32)
+                    y = y * zz * _sigmoid(zz)
+                tl.store(out_ptr + row * DCH + offs_d, y, mask=m)
 
-    tl.store(hT_ptr + i_s.to(tl.int64) * DCH * N + dn, h, mask=nd_mask)
+    if STATE_ONLY:
+        sl = q.to(tl.int64)
+        tl.store(hc_ptr + sl * DCH * N + nd, h, mask=nd_mask & run)
+        tl.store(sdl_ptr + sl * DCH + offs_d, sdl, mask=dmask & run)
+    else:
+        tl.store(hT_ptr + i_s.to(tl.int64) * DCH * N + dn, h, mask=nd_mask & run & (c == n_c - 1))
 
 
 # --------------------------------------------------------------------------------------------------- backward
@@ -254,30 +333,93 @@ def _load_piece(
     for j in tl.static_range(V):
         piece = piece + (_load_step(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0 + j, lo, end, offs_d,
                                     dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot,
-                                    HAS_Z, True, HAS_DY, True, EVEN_N),)
+                                    HAS_Z, True, HAS_DY, True, EVEN_N, True),)
     return piece
+
+
+@triton.jit(do_not_specialize=["s_nd"])
+def _bwd_summary_kernel(
+    dl_ptr, z_ptr, At_ptr, C_ptr, bias_ptr, cu_ptr, dout_ptr, dy_ptr, gc_ptr, sdl_ptr,
+    T, DCH, N, n_docs, N_CHUNKS, L, N_SEARCH, s_nd, s_lb, s_lt, s_zb, s_zt, s_Cb, s_Ct,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, VARLEN: tl.constexpr,
+    HAS_DY: tl.constexpr, EVEN_N: tl.constexpr, P: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """The backward's first pass, for every chunk but a sequence's first: the adjoint g_t = C_t dy_t + a_{t+1}
+    g_{t+1} run backwards through the chunk from zero, and the carry a·g it passes to the step before the chunk,
+    stored with the chunk's Σ Δ. (The adjoint is linear in the carry entering from later steps, so the backward's
+    second pass folds these summaries as the forward folds its states.) Only Δ, C and dy are read."""
+    q = tl.program_id(0)
+    i_d = tl.program_id(1)
+    i_s, seq_start, seq_end, c, n_c = _locate(q, cu_ptr, n_docs, T, L, N_CHUNKS, N_SEARCH, VARLEN)
+    if not VARLEN:
+        b64 = i_s.to(tl.int64)
+        dl_ptr += b64 * s_lb
+        z_ptr += b64 * s_zb
+        C_ptr += b64 * s_Cb
+        dout_ptr += b64 * T * DCH
+        dy_ptr += b64 * T * DCH
+    run = (c > 0) & (c < n_c)
+    start = seq_start + c * L
+    end = tl.where(run, tl.minimum(start + L, seq_end), start)
+
+    offs_d = i_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, BN)
+    dmask = offs_d < DCH
+    nmask = offs_n < N
+    nd = offs_n[:, None] * s_nd + offs_d[None, :]
+    nd_mask = nmask[:, None] & dmask[None, :]
+    A2 = tl.load(At_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
+    bias = tl.zeros([BD], tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    carry = tl.zeros([BN, BD], tl.float32)
+    sdl = tl.zeros([BD], tl.float32)
+    pending = ()
+    for j in tl.static_range(P):
+        pending = pending + (_load_step(dl_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, C_ptr, C_ptr, end - 1 - j, start,
+                                        end, offs_d, dmask, offs_n, nmask, 0, s_lt, s_zt, 0, s_Ct, DCH,
+                                        HAS_Z, True, HAS_DY, True, EVEN_N, False),)
+    for g in range(tl.cdiv(end - start, P)):
+        for j in tl.static_range(P):
+            t = end - 1 - (g * P + j)
+            _, x, zz, do, dy2, _, Ct = pending[0]
+            pending = _rotate(pending, _load_step(
+                dl_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, C_ptr, C_ptr, t - P, start, end, offs_d, dmask, offs_n,
+                nmask, 0, s_lt, s_zt, 0, s_Ct, DCH, HAS_Z, True, HAS_DY, True, EVEN_N, False), P)
+            _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
+            dl = tl.where(t >= start, dl, 0.0)
+            dy = do.to(tl.float32)
+            if HAS_Z:
+                zz = zz.to(tl.float32)
+                dy = dy * zz * _sigmoid(zz)
+            if HAS_DY:
+                dy += dy2.to(tl.float32)
+            carry = tl.exp2(dl[None, :] * A2) * (carry + Ct.to(tl.float32)[:, None] * dy[None, :])
+            sdl += dl
+    sl = q.to(tl.int64)
+    tl.store(gc_ptr + sl * DCH * N + nd, carry, mask=nd_mask & run)
+    tl.store(sdl_ptr + sl * DCH + offs_d, sdl, mask=dmask & run)
 
 
 @triton.jit(do_not_specialize=["s_nd", "s_scr"])
 def _bwd_kernel(
     u_ptr, dl_ptr, z_ptr, At_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, cu_ptr, ck_ptr,
-    dout_ptr, dy_ptr, dhT_ptr,
+    dout_ptr, dy_ptr, dhT_ptr, gc_ptr, sdl_ptr,
     du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, scratch_ptr,
-    T, DCH, N, CK_PER_SEQ, s_nd, s_scr,
+    T, DCH, N, CK_PER_SEQ, n_docs, N_CHUNKS, L, N_SEARCH, s_nd, s_scr,
     s_ub, s_ut, s_lb, s_lt, s_zb, s_zt, s_Bb, s_Bt, s_Cb, s_Ct,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARLEN: tl.constexpr, HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr, NEED_DH0: tl.constexpr,
     EVEN_N: tl.constexpr, P: tl.constexpr, S: tl.constexpr, V: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
-    i_s = tl.program_id(0)
+    """The backward of one time chunk (see the module docstring), entering from its end with the carry folded
+    from dL/dh_T and the summaries of the later chunks (_bwd_summary_kernel)."""
+    q = tl.program_id(0)
     i_d = tl.program_id(1)
+    i_s, seq_start, seq_end, c, n_c = _locate(q, cu_ptr, n_docs, T, L, N_CHUNKS, N_SEARCH, VARLEN)
     if VARLEN:
-        start = tl.load(cu_ptr + i_s).to(tl.int64)
-        end = tl.load(cu_ptr + i_s + 1).to(tl.int64)
-        slot0 = i_s + start // S
+        slot0 = i_s + seq_start // S
     else:
-        start = 0
-        end = T
         slot0 = i_s * CK_PER_SEQ
         b64 = i_s.to(tl.int64)
         u_ptr += b64 * s_ub
@@ -301,6 +443,10 @@ def _bwd_kernel(
     dn = offs_d[None, :] * N + offs_n[:, None]
     nd_mask = nmask[:, None] & dmask[None, :]
     s64 = i_s.to(tl.int64)
+    run = c < n_c
+    start = seq_start + c * L
+    end = tl.where(run, tl.minimum(start + L, seq_end), start)
+    slot0 += c * (L // S)
 
     A2 = tl.load(At_ptr + nd, mask=nd_mask, other=0.0) * LOG2E
     bias = tl.zeros([BD], tl.float32)
@@ -315,10 +461,13 @@ def _bwd_kernel(
     carry = tl.zeros([BN, BD], tl.float32)
     if HAS_DHT:
         carry = tl.load(dhT_ptr + s64 * DCH * N + dn, mask=nd_mask, other=0.0).to(tl.float32)
+    for jj in range(tl.where(run, n_c - 1 - c, 0)):  # the chunks after this one, last to first
+        gj, sj = _chunk_summary(gc_ptr, sdl_ptr, q + n_c - 1 - c - jj, DCH, N, nd, nd_mask, offs_d, dmask)
+        carry = gj + tl.exp2(sj[None, :] * A2) * carry
     dA_acc = tl.zeros([BN, BD], tl.float32)
     dD_acc = tl.zeros([BD], tl.float32)
     dbias_acc = tl.zeros([BD], tl.float32)
-    scratch_ptr += (i_s * tl.num_programs(1) + i_d).to(tl.int64) * ((S // V) * BN * BD)
+    scratch_ptr += (q * tl.num_programs(1) + i_d).to(tl.int64) * ((S // V) * BN * BD)
     loc = offs_n[:, None] * s_scr + tl.arange(0, BD)[None, :]  # (BN, BD) offsets into one scratch state
 
     # The sequence is cut into pieces of V steps, processed from the last to the first; the pieces of a segment of
@@ -343,14 +492,14 @@ def _bwd_kernel(
             for j in tl.static_range(P):
                 pending = pending + (_load_step(u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, s0 + j, start, end,
                                                 offs_d, dmask, offs_n, nmask, s_ut, s_lt, 0, s_Bt, 0, 0,
-                                                False, False, False, False, EVEN_N),)
+                                                False, False, False, False, EVEN_N, True),)
             for kk in range(1, k + 1):
                 for j in tl.static_range(V):
                     t = s0 + (kk - 1) * V + j
                     u, x, _, _, _, Bt, _ = pending[0]
                     pending = _rotate(pending, _load_step(
                         u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, t + P, start, end, offs_d, dmask, offs_n,
-                        nmask, s_ut, s_lt, 0, s_Bt, 0, 0, False, False, False, False, EVEN_N), P)
+                        nmask, s_ut, s_lt, 0, s_Bt, 0, 0, False, False, False, False, EVEN_N, True), P)
                     _, _, h = _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
                 tl.store(scratch_ptr + kk * (BN * BD) + loc, h)
             tl.debug_barrier()
@@ -413,13 +562,15 @@ def _bwd_kernel(
             tl.store(ddl_ptr + o_offs, ddl, mask=m)
         piece = nxt
 
-    tl.store(dA_ptr + s64 * DCH * N + dn, dA_acc, mask=nd_mask)
+    # dA, dD and d bias: one partial sum per chunk (slot q), summed by the launcher (deterministic).
+    q64 = q.to(tl.int64)
+    tl.store(dA_ptr + q64 * DCH * N + dn, dA_acc, mask=nd_mask & run)
     if HAS_D:
-        tl.store(dD_ptr + s64 * DCH + offs_d, dD_acc, mask=dmask)
+        tl.store(dD_ptr + q64 * DCH + offs_d, dD_acc, mask=dmask & run)
     if HAS_BIAS:
-        tl.store(dbias_ptr + s64 * DCH + offs_d, dbias_acc, mask=dmask)
-    if NEED_DH0:
-        tl.store(dh0_ptr + s64 * DCH * N + dn, carry, mask=nd_mask)  # a_{start}·g_{start} = dL/dh_0
+        tl.store(dbias_ptr + q64 * DCH + offs_d, dbias_acc, mask=dmask & run)
+    if NEED_DH0:  # a_{start}·g_{start} = dL/dh_0, from the first chunk
+        tl.store(dh0_ptr + s64 * DCH * N + dn, carry, mask=nd_mask & run & (c == 0))
 
 
 #: Whether ``@triton.jit`` built this module's kernels for the interpreter (``TRITON_INTERPRET=1`` when it was
@@ -440,6 +591,57 @@ def _checkpoint_slots(Bsz: int, T: int, n_docs: int | None, every: int) -> tuple
         per_seq = triton.cdiv(T, every)
         return Bsz * per_seq, per_seq
     return n_docs + T // every, 0
+
+
+#: At most this many time chunks per sequence: a chunk folds the summaries of all the chunks before (after) it.
+MAX_TIME_CHUNKS = 64
+#: One-warp programs resident per SM: the kernels use ~255 registers per thread (sm_90, triton 3.6), and
+#: 65 536 registers / (255 · 32) = 8.
+WARPS_PER_SM = 8
+#: When time is chunked, enough chunks for this many waves of resident programs: short programs balance uneven
+#: documents and the last wave.
+CHUNK_WAVES = 8
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _time_chunk(requested: int, T: int, rows: int, n_db: int, warps: int, every: int, device: torch.device) -> int:
+    """Steps per time chunk. A program is one warp walking its steps one after another, so a step's latency is
+    hidden only by other warps on its SM. With fewer (row, channel block) programs than half the SMs' resident
+    slots (WARPS_PER_SM each), time is cut into chunks for about CHUNK_WAVES waves of programs (at least
+    ckpt_every steps, at most MAX_TIME_CHUNKS chunks); with more, not at all: the first pass is extra work. H200,
+    D 4096 (benchmarks/RESULTS.md): B1 T16384 2.6x faster chunked; B4 T4096 (1024 backward programs) 18% slower
+    chunked. Off CUDA (the interpreter) the whole sequence is one chunk. ``requested`` > 0 is taken as it is."""
+    if requested:
+        return requested
+    whole = max(every, triton.next_power_of_2(max(T, 1)))
+    if device.type != "cuda":
+        return whole
+    slots = WARPS_PER_SM * _sm_count(device) // warps
+    programs = rows * n_db
+    if 2 * programs >= slots:
+        return whole
+    chunk = triton.next_power_of_2(triton.cdiv(T * programs, CHUNK_WAVES * slots))
+    return min(whole, max(chunk, every, triton.next_power_of_2(triton.cdiv(T, MAX_TIME_CHUNKS))))
+
+
+class _Chunks(NamedTuple):
+    """A launch's time chunks: L steps each, ``per_seq`` chunk slots per dense sequence, ``slots`` in all (grid
+    axis 0), bisection steps over cu_seqlens, and whether there is more than one chunk anywhere."""
+
+    L: int
+    per_seq: int
+    slots: int
+    search: int
+    split: bool
+
+
+def _chunks(Bsz: int, T: int, n_docs: int | None, L: int) -> _Chunks:
+    slots, per_seq = _checkpoint_slots(Bsz, T, n_docs, L)  # chunk slots follow the saved states' numbering
+    return _Chunks(L, max(per_seq, 1), slots, (n_docs or 1).bit_length(), T > L)
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -495,18 +697,27 @@ def _fwd_op(
     hT = u.new_empty(nseq, Dch, N, dtype=torch.float32)
     ck = u.new_empty(slots, N, Dch, dtype=torch.float32)
     BD, BN = _block_d(Dch, cfg.block_d_fwd), triton.next_power_of_2(N)
+    n_db = triton.cdiv(Dch, BD)
+    ch = _chunks(Bsz, T, n_docs, _time_chunk(cfg.time_chunk_fwd, T, Bsz, n_db, cfg.warps_fwd, cfg.ckpt_every,
+                                             u.device))
+    # Chunk summaries (final state from zero, Σ Δ), written by the first pass when a sequence spans chunks.
+    hc = u.new_empty((ch.slots, N, Dch) if ch.split else (0,), dtype=torch.float32)
+    sdl = u.new_empty((ch.slots, Dch) if ch.split else (0,), dtype=torch.float32)
+    At = _A_t(A)
     with _launch_guard(u):
-        _fwd_kernel[(nseq, triton.cdiv(Dch, BD))](
-            u, delta, z if z is not None else u, _A_t(A), B, C,
-            D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
-            initial_state.contiguous() if initial_state is not None else u,
-            cu_seqlens if cu_seqlens is not None else u,
-            out, y if store_ungated else out, hT, ck,
-            T, Dch, N, per_seq, Dch, *_strides(u, delta, z, B, C),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_H0=initial_state is not None, VARLEN=cu_seqlens is not None, STORE_Y=store_ungated,
-            EVEN_N=N == BN, P=cfg.prefetch, S=cfg.ckpt_every, BD=BD, BN=BN, num_warps=cfg.warps_fwd,
-        )
+        for state_only in (True, False) if ch.split else (False,):
+            _fwd_kernel[(ch.slots, n_db)](
+                u, delta, z if z is not None else u, At, B, C,
+                D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
+                initial_state.contiguous() if initial_state is not None else u,
+                cu_seqlens if cu_seqlens is not None else u,
+                out, y if store_ungated else out, hT, ck, hc if ch.split else hT, sdl if ch.split else hT,
+                T, Dch, N, per_seq, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, *_strides(u, delta, z, B, C),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                HAS_H0=initial_state is not None, VARLEN=cu_seqlens is not None, STORE_Y=store_ungated,
+                EVEN_N=N == BN, STATE_ONLY=state_only, P=cfg.prefetch, S=cfg.ckpt_every, BD=BD, BN=BN,
+                num_warps=cfg.warps_fwd,
+            )
     return out, hT, y, ck
 
 
@@ -545,27 +756,47 @@ def _bwd_op(
     _, per_seq = _checkpoint_slots(Bsz, T, None if cu_seqlens is None else nseq, cfg.ckpt_every)
     BD, BN = _block_d(Dch, cfg.block_d_bwd), triton.next_power_of_2(N)
     n_db = triton.cdiv(Dch, BD)
+    n_docs = None if cu_seqlens is None else nseq
+    ch = _chunks(Bsz, T, n_docs, _time_chunk(cfg.time_chunk_bwd, T, Bsz, n_db, cfg.warps_bwd, cfg.ckpt_every,
+                                             u.device))
     f32 = torch.float32
     du = torch.empty_like(u, memory_format=torch.contiguous_format)
     ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0)
-    dA = u.new_empty(nseq, Dch, N, dtype=f32)  # per sequence, summed below (deterministic)
+    # dA, dD, d bias: one partial per chunk slot, summed below (deterministic); slots between documents stay 0.
+    dA = u.new_zeros(ch.slots, Dch, N, dtype=f32)
     dB = torch.zeros(Bsz, T, N, dtype=f32, device=u.device)  # atomic accumulation over channel blocks
     dC = torch.zeros(Bsz, T, N, dtype=f32, device=u.device)
-    dD = u.new_empty(nseq, Dch, dtype=f32) if D is not None else u.new_empty(0)
-    dbias = u.new_empty(nseq, Dch, dtype=f32) if delta_bias is not None else u.new_empty(0)
+    dD = u.new_zeros(ch.slots, Dch, dtype=f32) if D is not None else u.new_empty(0)
+    dbias = u.new_zeros(ch.slots, Dch, dtype=f32) if delta_bias is not None else u.new_empty(0)
     dh0 = u.new_empty(nseq, Dch, N, dtype=f32) if need_dh0 else u.new_empty(0)
-    # Per program: the states at every V-th step of one segment (L2-resident: S/V · BN · BD fp32).
-    scratch = u.new_empty(nseq * n_db * (cfg.ckpt_every // cfg.substeps) * BN * BD, dtype=f32)
+    # Per program: the states at every V-th step of one segment (S/V · BN · BD fp32, written and soon read back).
+    scratch = u.new_empty(ch.slots * n_db * (cfg.ckpt_every // cfg.substeps) * BN * BD, dtype=f32)
+    # Chunk summaries of the adjoint (carry from zero, Σ Δ), when a sequence spans chunks.
+    gc = u.new_empty((ch.slots, N, Dch) if ch.split else (0,), dtype=f32)
+    sdl = u.new_empty((ch.slots, Dch) if ch.split else (0,), dtype=f32)
+    At = _A_t(A)
+    bias_arg = delta_bias.contiguous() if delta_bias is not None else u
+    cu_arg = cu_seqlens if cu_seqlens is not None else u
+    dy_arg = dy if dy is not None else dout
     with _launch_guard(u):
-        _bwd_kernel[(nseq, n_db)](
-            u, delta, z if z is not None else u, _A_t(A), B, C,
-            D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
-            cu_seqlens if cu_seqlens is not None else u, ck,
-            dout, dy if dy is not None else dout, dhT.contiguous() if dhT is not None else dout,
+        if ch.split:
+            s = _strides(u, delta, z, B, C)
+            _bwd_summary_kernel[(ch.slots, n_db)](
+                delta, z if z is not None else u, At, C, bias_arg, cu_arg, dout, dy_arg, gc, sdl,
+                T, Dch, N, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, s[2], s[3], s[4], s[5], s[8], s[9],
+                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, EVEN_N=N == BN, P=cfg.prefetch, BD=BD, BN=BN,
+                num_warps=cfg.warps_bwd,
+            )
+        _bwd_kernel[(ch.slots, n_db)](
+            u, delta, z if z is not None else u, At, B, C,
+            D.contiguous() if D is not None else u, bias_arg, cu_arg, ck,
+            dout, dy_arg, dhT.contiguous() if dhT is not None else dout,
+            gc if ch.split else dout, sdl if ch.split else dout,
             du, ddelta, dz if z is not None else du, dA, dB, dC,
             dD if D is not None else dA, dbias if delta_bias is not None else dA, dh0 if need_dh0 else dA, scratch,
-            T, Dch, N, per_seq, Dch, BD, *_strides(u, delta, z, B, C),
+            T, Dch, N, per_seq, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, BD, *_strides(u, delta, z, B, C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, HAS_DHT=dhT is not None, NEED_DH0=need_dh0,
             EVEN_N=N == BN, P=cfg.prefetch, S=cfg.ckpt_every, V=cfg.substeps, BD=BD, BN=BN,
@@ -684,11 +915,16 @@ def _validate(
         raise ValueError(f"selective_scan: every tensor must be on {u.device}, got "
                          f"{sorted({str(t.device) for t in tensors})}")
     for name, v in cfg._asdict().items():
-        if v < 1 or v & (v - 1):
+        if (v < 1 or v & (v - 1)) and not (name.startswith("time_chunk") and v == 0):
             raise ValueError(f"ScanConfig.{name} must be a power of two, got {v}")
     if cfg.ckpt_every < max(cfg.prefetch, cfg.substeps):
         raise ValueError(f"ScanConfig.ckpt_every ({cfg.ckpt_every}) must be a multiple of prefetch ({cfg.prefetch}) "
                          f"and of substeps ({cfg.substeps})")
+    for name in ("time_chunk_fwd", "time_chunk_bwd"):
+        v = getattr(cfg, name)
+        if 0 < v < cfg.ckpt_every:
+            raise ValueError(f"ScanConfig.{name} ({v}) must be 0 (automatic) or a multiple of ckpt_every "
+                             f"({cfg.ckpt_every}): the backward restarts from states saved every ckpt_every steps")
     if cu_seqlens is None:
         check_initial_state(initial_state, (Bsz, Dch, N))
         return
