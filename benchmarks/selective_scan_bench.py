@@ -138,17 +138,21 @@ def cu_for(Bsz: int, T: int, n_docs: int) -> tuple[int, int, torch.Tensor | None
     return 1, total, cu
 
 
-SWEEP = [  # ScanConfig: (block_d_fwd, block_d_bwd, warps_fwd, warps_bwd, prefetch, ckpt_every, substeps)
-    (8, 8, 1, 1, 4, 32, 2),
-    (8, 8, 1, 1, 2, 32, 2),
-    (8, 8, 1, 1, 8, 32, 2),
-    (8, 8, 1, 1, 4, 32, 4),
-    (8, 8, 1, 1, 4, 64, 2),
-    (16, 16, 1, 1, 4, 32, 2),
-    (16, 8, 1, 1, 4, 32, 2),
-    (32, 8, 1, 1, 4, 32, 2),
-    (16, 16, 2, 2, 4, 32, 2),
-    (32, 32, 1, 1, 4, 32, 2),
+SWEEP: list[dict[str, int]] = [  # ScanConfig fields that differ from the defaults (time chunks 0: automatic)
+    {"time_chunk_fwd": 1 << 30, "time_chunk_bwd": 1 << 30},  # one chunk per sequence: no time parallelism
+    {"time_chunk_fwd": 128, "time_chunk_bwd": 128},
+    {"time_chunk_fwd": 256, "time_chunk_bwd": 256},
+    {"time_chunk_fwd": 512, "time_chunk_bwd": 512},
+    {"time_chunk_fwd": 1024, "time_chunk_bwd": 1024},
+    {"prefetch": 2},
+    {"prefetch": 1, "substeps": 1},
+    {"prefetch": 2, "substeps": 1},
+    {"block_d_fwd": 16, "prefetch": 2},
+    {"block_d_fwd": 16, "prefetch": 1},
+    {"block_d_bwd": 8},
+    {"block_d_bwd": 8, "prefetch": 2, "substeps": 1},
+    {"block_d_fwd": 16, "block_d_bwd": 8, "prefetch": 2, "time_chunk_fwd": 128, "time_chunk_bwd": 128},
+    {"block_d_bwd": 32},
 ]
 
 
@@ -176,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-size", type=int, nargs=4, default=(1, 512, 1024, 16), metavar=("B", "T", "D", "N"),
                     help="size at which the reference (a Python loop over t) is timed next to ours")
     ap.add_argument("--err-size", type=int, nargs=4, default=(2, 1024, 512, 16), metavar=("B", "T", "D", "N"))
-    ap.add_argument("--sweep", action="store_true", help="also time the tile shapes in SWEEP")
+    ap.add_argument("--sweep", action="store_true", help="also time the launch shapes in SWEEP (ScanConfig)")
+    ap.add_argument("--chunk-sweep", action="store_true",
+                    help="also time time chunks of 1/2, 2 and 4 times the automatic ones, and none")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -207,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     result.update(copy_gbps=bw / 1e9, floor_fwd_ms=floor_fwd, floor_fwd_bwd_ms=floor_all, triton_fwd_ms=fwd,
                   triton_fwd_bwd_ms=fwd_bwd, ratio_fwd_bwd=fwd_bwd / floor_all, peak_gib=peak, saved_states_gib=ck_gib)
     shape = f"B{Bsz} T{T} D{Dch} N{N} {args.dtype}" + (f", {args.varlen} docs" if cu is not None else "")
+    from archscale.kernels.selective_scan.triton_scan import _time_chunk
+
+    chunks = [_time_chunk(0, T, Bsz, -(-Dch // min(bd, triton.next_power_of_2(Dch))), w, ck_every, inp["u"].device)
+              for bd, w in ((cfg.block_d_fwd, cfg.warps_fwd), (cfg.block_d_bwd, cfg.warps_bwd))]
+    result.update(time_chunk_fwd=chunks[0], time_chunk_bwd=chunks[1])
     rows.extend([
         ("shape", shape),
+        ("time chunk fwd / bwd (automatic)", f"{chunks[0]} / {chunks[1]} steps"),
         ("copy bandwidth (read+write)", f"{bw / 1e9:,.0f} GB/s"),
         ("memory floor fwd / fwd+bwd", f"{floor_fwd:.3f} / {floor_all:.3f} ms ({all_bytes / 2**30:.2f} GiB moved)"),
         ("triton fwd", f"{fwd:.3f} ms  ({fwd / floor_fwd:.2f}x floor)"),
@@ -242,11 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     rows.append((f"max rel err fp32 B{eB} T{eT} D{eD}",
                  f"dense {errs[worst]:.1e} ({worst}), varlen {errs_v[worst_v]:.1e} ({worst_v})"))
 
-    if args.sweep:
+    sweep = list(SWEEP) if args.sweep else []
+    if args.chunk_sweep:
+        sweep += [{"time_chunk_fwd": max(ck_every, int(chunks[0] * f)),
+                   "time_chunk_bwd": max(ck_every, int(chunks[1] * f))} for f in (0.5, 2, 4)]
+        sweep.append({"time_chunk_fwd": 1 << 30, "time_chunk_bwd": 1 << 30})  # no time chunks
+    if sweep:
         result["sweep"] = []
         inp = make_inputs(Bsz, T, Dch, N, dtype)
-        for c in SWEEP:
-            conf = ScanConfig(*c)
+        for c in sweep:
+            conf = ScanConfig(**c)
             try:
                 f, fb, pk = time_fwd_bwd(scan_fn("triton", inp, cu, conf), inp, args.iters)
             except Exception as e:  # noqa: BLE001 - e.g. out of shared memory for one shape: report, go on
