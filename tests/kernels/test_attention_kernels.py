@@ -402,17 +402,21 @@ def test_cuda_flex_fp32(window: int | None, lengths: list[int]) -> None:
     # fp32 on CUDA has no flash kernel. Eagerly, windows and documents take the reference (torch 2.11's inductor
     # cannot lower our stand-alone compiled FlexAttention helper in fp32); inside torch.compile they take
     # FlexAttention, which must stay fp32-accurate.
+    # cu_seqlens is an input of the compiled function, as in the mixers: captured as a constant instead, torch
+    # 2.11's inductor fails to lower the fp32 FlexAttention ("'int' object has no attribute 'free_symbols'", H200,
+    # 2026-12-04).
     inputs, cu = qkv(1, sum(lengths), 4, 2, 64, dtype=torch.float32, device="cuda"), split_cu(lengths).cuda()
     kw = {"scale": 0.125, "window": window, "cu_seqlens": cu}
     assert select_impl(inputs["q"], inputs["k"], window=window, cu_seqlens=cu) == "reference"
-    compiled = torch.compile(lambda q, k, v: attention(q, k, v, **kw), fullgraph=True)
+    compiled = torch.compile(lambda q, k, v, cu_seqlens: attention(q, k, v, scale=0.125, window=window,
+                                                                   cu_seqlens=cu_seqlens), fullgraph=True)
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # a Trainer test may have allowed TF32 in this process
     try:
-        err = rel_err(compiled(**inputs), attention(**inputs, **kw, impl="reference"))
+        err = rel_err(compiled(**inputs, cu_seqlens=cu), attention(**inputs, **kw, impl="reference"))
         assert err < 1e-5, f"forward: relative error {err:.3g}"
         compare_grads(
-            lambda q, k, v: [compiled(q, k, v)],
+            lambda q, k, v: [compiled(q, k, v, cu)],
             lambda q, k, v: [attention(q, k, v, **kw, impl="reference")],
             inputs,
             1e-4,
