@@ -382,9 +382,9 @@ def test_config_time_chunk_is_checked() -> None:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_time_chunk_fills_the_gpu_and_stays_whole_off_it() -> None:
-    """The automatic chunk length: no chunks when the (row, channel block) programs fill half the SMs' resident
-    slots (WARPS_PER_SM = 8 each); else chunks for CHUNK_WAVES (8) waves, at least ckpt_every steps, at most
-    MAX_TIME_CHUNKS chunks; one chunk per sequence off CUDA."""
+    """The automatic chunk length: no chunks when the (row, channel block) programs fill a quarter of the SMs'
+    resident slots (WARPS_PER_SM = 8 each); else chunks for CHUNK_WAVES (8) waves, at least ckpt_every steps, at
+    most MAX_TIME_CHUNKS chunks; one chunk per sequence off CUDA."""
     from unittest import mock
 
     from archscale.kernels.selective_scan import triton_scan as ts
@@ -397,8 +397,9 @@ def test_time_chunk_fills_the_gpu_and_stays_whole_off_it() -> None:
         # B1 T16384, 128 channel blocks: 16384·128 / (8·1056) = 248.2 -> 256 steps, 64 chunks, 8192 programs.
         assert ts._time_chunk(0, 16384, 1, 128, 1, 32, cuda) == 256
         assert ts._time_chunk(0, 16384, 1, 128, 2, 32, cuda) == 512  # two warps per program: half the slots
-        assert ts._time_chunk(0, 4096, 4, 128, 1, 32, cuda) == 256  # 512 programs: fewer than half the slots
-        assert ts._time_chunk(0, 4096, 4, 132, 1, 32, cuda) == 4096  # 528: half the slots, no split
+        assert ts._time_chunk(0, 16384, 1, 256, 1, 32, cuda) == 512  # 256 programs: under a quarter of the slots
+        assert ts._time_chunk(0, 4096, 1, 264, 1, 32, cuda) == 4096  # 264: a quarter of the slots, no split
+        assert ts._time_chunk(0, 4096, 4, 128, 1, 32, cuda) == 4096  # B4 D4096 forward: 512 programs
         assert ts._time_chunk(0, 1 << 20, 1, 1, 1, 32, cuda) == (1 << 20) // ts.MAX_TIME_CHUNKS
         assert ts._time_chunk(0, 100, 1, 1, 1, 32, cuda) == 32  # never below ckpt_every
 

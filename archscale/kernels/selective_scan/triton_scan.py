@@ -610,11 +610,12 @@ def _sm_count(device: torch.device) -> int:
 
 def _time_chunk(requested: int, T: int, rows: int, n_db: int, warps: int, every: int, device: torch.device) -> int:
     """Steps per time chunk. A program is one warp walking its steps one after another, so a step's latency is
-    hidden only by other warps on its SM. With fewer (row, channel block) programs than half the SMs' resident
-    slots (WARPS_PER_SM each), time is cut into chunks for about CHUNK_WAVES waves of programs (at least
+    hidden only by other warps on its SM. With fewer (row, channel block) programs than a quarter of the SMs'
+    resident slots (WARPS_PER_SM each), time is cut into chunks for about CHUNK_WAVES waves of programs (at least
     ckpt_every steps, at most MAX_TIME_CHUNKS chunks); with more, not at all: the first pass is extra work. H200,
-    D 4096 (benchmarks/RESULTS.md): B1 T16384 2.6x faster chunked; B4 T4096 (1024 backward programs) 18% slower
-    chunked. Off CUDA (the interpreter) the whole sequence is one chunk. ``requested`` > 0 is taken as it is."""
+    D 4096 (benchmarks/RESULTS.md): at B1 T16384 (128 forward, 256 backward programs) 2.6x faster chunked; at B4
+    T4096 (512 forward, 1024 backward programs) no faster forward, 18% slower backward. Off CUDA (the
+    interpreter) the whole sequence is one chunk. ``requested`` > 0 is taken as it is."""
     if requested:
         return requested
     whole = max(every, triton.next_power_of_2(max(T, 1)))
@@ -622,7 +623,7 @@ def _time_chunk(requested: int, T: int, rows: int, n_db: int, warps: int, every:
         return whole
     slots = WARPS_PER_SM * _sm_count(device) // warps
     programs = rows * n_db
-    if 2 * programs >= slots:
+    if 4 * programs >= slots:
         return whole
     chunk = triton.next_power_of_2(triton.cdiv(T * programs, CHUNK_WAVES * slots))
     return min(whole, max(chunk, every, triton.next_power_of_2(triton.cdiv(T, MAX_TIME_CHUNKS))))
