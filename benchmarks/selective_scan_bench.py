@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     result.update(copy_gbps=bw / 1e9, floor_fwd_ms=floor_fwd, floor_fwd_bwd_ms=floor_all, triton_fwd_ms=fwd,
                   triton_fwd_bwd_ms=fwd_bwd, ratio_fwd_bwd=fwd_bwd / floor_all, peak_gib=peak, saved_states_gib=ck_gib)
     shape = f"B{Bsz} T{T} D{Dch} N{N} {args.dtype}" + (f", {args.varlen} docs" if cu is not None else "")
-    from archscale.kernels.selective_scan.triton_scan import _time_chunk
+    from archscale.kernels.selective_scan.triton_scan import _block_d, _time_chunk
 
-    chunks = [_time_chunk(0, T, Bsz, -(-Dch // min(bd, triton.next_power_of_2(Dch))), w, ck_every, inp["u"].device)
+    chunks = [_time_chunk(0, T, Bsz, triton.cdiv(Dch, _block_d(Dch, bd)), w, ck_every, inp["u"].device)
               for bd, w in ((cfg.block_d_fwd, cfg.warps_fwd), (cfg.block_d_bwd, cfg.warps_bwd))]
     result.update(time_chunk_fwd=chunks[0], time_chunk_bwd=chunks[1])
     rows.extend([

@@ -754,10 +754,10 @@ def _bwd_op(
     Bsz, T, Dch = u.shape
     N = A.shape[-1]
     nseq = _n_seqs(u, cu_seqlens)
-    _, per_seq = _checkpoint_slots(Bsz, T, None if cu_seqlens is None else nseq, cfg.ckpt_every)
+    n_docs = None if cu_seqlens is None else nseq
+    _, per_seq = _checkpoint_slots(Bsz, T, n_docs, cfg.ckpt_every)
     BD, BN = _block_d(Dch, cfg.block_d_bwd), triton.next_power_of_2(N)
     n_db = triton.cdiv(Dch, BD)
-    n_docs = None if cu_seqlens is None else nseq
     ch = _chunks(Bsz, T, n_docs, _time_chunk(cfg.time_chunk_bwd, T, Bsz, n_db, cfg.warps_bwd, cfg.ckpt_every,
                                              u.device))
     f32 = torch.float32
@@ -782,10 +782,11 @@ def _bwd_op(
     dy_arg = dy if dy is not None else dout
     with _launch_guard(u):
         if ch.split:
-            s = _strides(u, delta, z, B, C)
+            zz = z if z is not None else u
             _bwd_summary_kernel[(ch.slots, n_db)](
-                delta, z if z is not None else u, At, C, bias_arg, cu_arg, dout, dy_arg, gc, sdl,
-                T, Dch, N, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, s[2], s[3], s[4], s[5], s[8], s[9],
+                delta, zz, At, C, bias_arg, cu_arg, dout, dy_arg, gc, sdl,
+                T, Dch, N, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch,
+                delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1), C.stride(0), C.stride(1),
                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                 VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, EVEN_N=N == BN, P=cfg.prefetch, BD=BD, BN=BN,
                 num_warps=cfg.warps_bwd,
