@@ -154,6 +154,10 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
         "final_loss": round(float(loss), 4),
         "warmup_s": round(t_compile, 1),
     }
+    if args.profile and cuda:
+        from step_profile import profile_steps
+
+        out["profile"] = profile_steps(step, args.profile)
     return out  # the caller frees memory and compiled graphs once this frame (model, optimizer) is gone
 
 
@@ -176,6 +180,8 @@ def main() -> None:
     p.add_argument("--doc-max", type=int, default=6144)
     p.add_argument("--layouts", type=int, default=4, help="distinct document layouts cycled with --varlen")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile this many steps and print GPU time by kernel category")
     p.add_argument("--device", default="cuda", help="cuda (what the numbers are for) or cpu (a smoke test only)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -203,6 +209,11 @@ def main() -> None:
         ratio = r["tok_per_s"] / (sum(base) / len(base))
         print(f"{r['model']:<12} {r['mode']:>6} {r['depth']:>5} {str(r['batch']) + '×' + str(r['seq_len']):>10} "
               f"{r['tok_per_s']:>10} {r['mfu']:>6.1%} {r['peak_mem_gib']:>8} {ratio:>18.3f}")
+    for r in results:
+        if "profile" in r:
+            from step_profile import format_profile
+
+            print("\n" + format_profile(f"{r['model']} {r['mode']}", r["profile"]))
 
 
 if __name__ == "__main__":

@@ -48,3 +48,30 @@ def test_throughput_loop_runs_on_cpu_dense_and_varlen() -> None:
         ("transformer", "dense"), ("transformer", "varlen"), ("sambay", "dense"), ("sambay", "varlen")]
     assert all(r["tok_per_s"] > 0 and r["final_loss"] > 0 for r in rows)
     assert "vs transformer/dense" in proc.stdout  # the ratio table against the first model and mode
+
+
+def test_step_profile_classifies_kernel_names() -> None:
+    """Kernel names as torch 2.11 / triton 3.6 print them on an H100, each to the category it belongs to."""
+    from step_profile import classify, format_profile
+
+    names = {
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "matmul",
+        "nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNN": "matmul",
+        "triton_tem_fused_mm_3": "matmul",
+        "triton_tem_fused_flex_attention_0": "attention",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0": "attention",
+        "triton_poi_fused__scaled_dot_product_cudnn_attention_add_mul_7": "fused elementwise",
+        "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_2": "fused elementwise",
+        "_fwd_kernel": "selective scan",
+        "_bwd_summary_kernel": "selective scan",
+        "_ce_rows_kernel": "cross-entropy",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+        "Memcpy DtoD (Device -> Device)": "copy / fill",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "copy / fill",
+        "some_other_kernel": "other",
+    }
+    assert {n: classify(n) for n in names} == names
+    text = format_profile("m dense", {"wall_ms": 10.0, "kernel_ms": 9.0, "gap_ms": 1.0,
+                                      "categories_ms": {"matmul": 6.0, "attention": 3.0},
+                                      "top_kernels_ms": [("gemm", 6.0)]})
+    assert "gap 1.0 ms (10.0%)" in text and "matmul" in text and "60.0%" in text
