@@ -102,24 +102,9 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _load_n(ptr, row, stride, offs_n, nmask, ok, BC_PACK: tl.constexpr):
-    """One time step of B or C, (BN,): in its own dtype, or fp32 when packed; zeros for a step outside the sequence.
-
-    ``BC_PACK``: 0 masked (N is not a power of two), 1 the whole row, 4 the row read as 64-bit words of four bf16
-    (N % 4 == 0, word-aligned rows). Every thread needs all N values of its channel's states, and a (BN,) load in
-    that layout is BN scalar loads, each with its own 64-bit address; as words it is N/4 loads at one uniform
-    address, and the elements are cut out with constant shifts (compiled for sm_90 at the default tiles: forward
-    2 840 -> 2 104 instructions and no more register spills, backward 2 760 -> 2 560)."""
-    if BC_PACK == 4:
-        word = (ptr + row * stride).to(tl.pointer_type(tl.int64), bitcast=True)
-        WORDS: tl.constexpr = offs_n.shape[0] // 4
-        k = offs_n // 4
-        w = tl.zeros(offs_n.shape, tl.int64)
-        for i in tl.static_range(WORDS):
-            w = tl.where(k == i, tl.load(word + i, mask=ok, other=0), w)  # selects fold: each register's n is known
-        bits = ((w >> ((offs_n % 4) * 16).to(tl.int64)) & 0xFFFF).to(tl.int32)
-        v = (bits << 16).to(tl.float32, bitcast=True)  # a bf16's bits are the top half of the same fp32
-    elif BC_PACK == 1:
+def _load_n(ptr, row, stride, offs_n, nmask, ok, EVEN_N: tl.constexpr):
+    """One time step of B or C, (BN,) in its own dtype; zeros for a step outside the sequence."""
+    if EVEN_N:
         v = tl.load(ptr + row * stride + offs_n, mask=ok, other=0.0)
     else:
         v = tl.load(ptr + row * stride + offs_n, mask=nmask & ok, other=0.0)
@@ -140,7 +125,7 @@ def _load_step(
     u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t, lo, end, offs_d, dmask, offs_n, nmask,
     s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot,
     WITH_Z: tl.constexpr, WITH_DOUT: tl.constexpr, WITH_DY: tl.constexpr, WITH_C: tl.constexpr,
-    BC_PACK: tl.constexpr, WITH_UB: tl.constexpr,
+    EVEN_N: tl.constexpr, WITH_UB: tl.constexpr,
 ):
     """The raw inputs of step t, each in its own dtype (u, δ, z, dout, dy (BD,); B, C (BN,)); scalar zeros for
     those not asked for (u and B together, by ``WITH_UB``).
@@ -157,10 +142,10 @@ def _load_step(
     dy = _load_d(dy_ptr, row, s_ot, offs_d, m, WITH_DY)
     Bt = 0.0
     if WITH_UB:
-        Bt = _load_n(B_ptr, row, s_Bt, offs_n, nmask, ok, BC_PACK)
+        Bt = _load_n(B_ptr, row, s_Bt, offs_n, nmask, ok, EVEN_N)
     Ct = 0.0
     if WITH_C:
-        Ct = _load_n(C_ptr, row, s_Ct, offs_n, nmask, ok, BC_PACK)
+        Ct = _load_n(C_ptr, row, s_Ct, offs_n, nmask, ok, EVEN_N)
     return u, x, z, do, dy, Bt, Ct
 
 
@@ -240,7 +225,7 @@ def _fwd_kernel(
     T, DCH, N, CK_PER_SEQ, n_docs, N_CHUNKS, L, N_SEARCH, s_nd,
     s_ub, s_ut, s_lb, s_lt, s_zb, s_zt, s_Bb, s_Bt, s_Cb, s_Ct,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_Y: tl.constexpr, BC_PACK: tl.constexpr,
+    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_Y: tl.constexpr, EVEN_N: tl.constexpr,
     STATE_ONLY: tl.constexpr, P: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     """One time chunk of L steps of one sequence, BD channels. With STATE_ONLY (the first of two passes): every
@@ -299,7 +284,7 @@ def _fwd_kernel(
     for j in tl.static_range(P):
         pending = pending + (_load_step(u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, start + j, start, end,
                                         offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, 0,
-                                        HAS_Z and not STATE_ONLY, False, False, not STATE_ONLY, BC_PACK, True),)
+                                        HAS_Z and not STATE_ONLY, False, False, not STATE_ONLY, EVEN_N, True),)
     for g in range(tl.cdiv(end - start, P)):
         t0 = start + g * P
         if not STATE_ONLY:
@@ -310,7 +295,7 @@ def _fwd_kernel(
             u, x, z, _, _, Bt, Ct = pending[0]
             pending = _rotate(pending, _load_step(
                 u_ptr, dl_ptr, z_ptr, u_ptr, u_ptr, B_ptr, C_ptr, t + P, start, end, offs_d, dmask, offs_n, nmask,
-                s_ut, s_lt, s_zt, s_Bt, s_Ct, 0, HAS_Z and not STATE_ONLY, False, False, not STATE_ONLY, BC_PACK,
+                s_ut, s_lt, s_zt, s_Bt, s_Ct, 0, HAS_Z and not STATE_ONLY, False, False, not STATE_ONLY, EVEN_N,
                 True), P)
             u, dl, h = _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
             if STATE_ONLY:
@@ -340,7 +325,7 @@ def _fwd_kernel(
 @triton.jit
 def _load_piece(
     u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0, lo, end, offs_d, dmask, offs_n, nmask,
-    s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot, HAS_Z: tl.constexpr, HAS_DY: tl.constexpr, BC_PACK: tl.constexpr,
+    s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot, HAS_Z: tl.constexpr, HAS_DY: tl.constexpr, EVEN_N: tl.constexpr,
     V: tl.constexpr,
 ):
     """Every input of the V steps from t0 that the backward's reverse pass reads."""
@@ -348,7 +333,7 @@ def _load_piece(
     for j in tl.static_range(V):
         piece = piece + (_load_step(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0 + j, lo, end, offs_d,
                                     dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, s_ot,
-                                    HAS_Z, True, HAS_DY, True, BC_PACK, True),)
+                                    HAS_Z, True, HAS_DY, True, EVEN_N, True),)
     return piece
 
 
@@ -357,7 +342,7 @@ def _bwd_summary_kernel(
     dl_ptr, z_ptr, At_ptr, C_ptr, bias_ptr, cu_ptr, dout_ptr, dy_ptr, gc_ptr, sdl_ptr,
     T, DCH, N, n_docs, N_CHUNKS, L, N_SEARCH, s_nd, s_lb, s_lt, s_zb, s_zt, s_Cb, s_Ct,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, VARLEN: tl.constexpr,
-    HAS_DY: tl.constexpr, BC_PACK: tl.constexpr, P: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    HAS_DY: tl.constexpr, EVEN_N: tl.constexpr, P: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     """The backward's first pass, for every chunk but a sequence's first: the adjoint g_t = C_t dy_t + a_{t+1}
     g_{t+1} run backwards through the chunk from zero, and the carry a·g it passes to the step before the chunk,
@@ -393,14 +378,14 @@ def _bwd_summary_kernel(
     for j in tl.static_range(P):
         pending = pending + (_load_step(dl_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, C_ptr, C_ptr, end - 1 - j, start,
                                         end, offs_d, dmask, offs_n, nmask, 0, s_lt, s_zt, 0, s_Ct, DCH,
-                                        HAS_Z, True, HAS_DY, True, BC_PACK, False),)
+                                        HAS_Z, True, HAS_DY, True, EVEN_N, False),)
     for g in range(tl.cdiv(end - start, P)):
         for j in tl.static_range(P):
             t = end - 1 - (g * P + j)
             _, x, zz, do, dy2, _, Ct = pending[0]
             pending = _rotate(pending, _load_step(
                 dl_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, C_ptr, C_ptr, t - P, start, end, offs_d, dmask, offs_n,
-                nmask, 0, s_lt, s_zt, 0, s_Ct, DCH, HAS_Z, True, HAS_DY, True, BC_PACK, False), P)
+                nmask, 0, s_lt, s_zt, 0, s_Ct, DCH, HAS_Z, True, HAS_DY, True, EVEN_N, False), P)
             _, dl = _delta(x, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
             dl = tl.where(t >= start, dl, 0.0)
             dy = do.to(tl.float32)
@@ -425,7 +410,7 @@ def _bwd_kernel(
     s_ub, s_ut, s_lb, s_lt, s_zb, s_zt, s_Bb, s_Bt, s_Cb, s_Ct,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARLEN: tl.constexpr, HAS_DY: tl.constexpr, HAS_DHT: tl.constexpr, NEED_DH0: tl.constexpr,
-    BC_PACK: tl.constexpr, P: tl.constexpr, S: tl.constexpr, V: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    EVEN_N: tl.constexpr, P: tl.constexpr, S: tl.constexpr, V: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     """The backward of one time chunk (see the module docstring), entering from its end with the carry folded
     from dL/dh_T and the summaries of the later chunks (_bwd_summary_kernel)."""
@@ -491,7 +476,7 @@ def _bwd_kernel(
     K: tl.constexpr = S // V  # pieces per segment
     n_pieces = tl.cdiv(end - start, V)
     piece = _load_piece(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, start + (n_pieces - 1) * V, start,
-                        end, offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, DCH, HAS_Z, HAS_DY, BC_PACK, V)
+                        end, offs_d, dmask, offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, DCH, HAS_Z, HAS_DY, EVEN_N, V)
     for i in range(n_pieces):
         p = n_pieces - 1 - i
         k = p % K
@@ -507,21 +492,21 @@ def _bwd_kernel(
             for j in tl.static_range(P):
                 pending = pending + (_load_step(u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, s0 + j, start, end,
                                                 offs_d, dmask, offs_n, nmask, s_ut, s_lt, 0, s_Bt, 0, 0,
-                                                False, False, False, False, BC_PACK, True),)
+                                                False, False, False, False, EVEN_N, True),)
             for kk in range(1, k + 1):
                 for j in tl.static_range(V):
                     t = s0 + (kk - 1) * V + j
                     u, x, _, _, _, Bt, _ = pending[0]
                     pending = _rotate(pending, _load_step(
                         u_ptr, dl_ptr, u_ptr, u_ptr, u_ptr, B_ptr, B_ptr, t + P, start, end, offs_d, dmask, offs_n,
-                        nmask, s_ut, s_lt, 0, s_Bt, 0, 0, False, False, False, False, BC_PACK, True), P)
+                        nmask, s_ut, s_lt, 0, s_Bt, 0, 0, False, False, False, False, EVEN_N, True), P)
                     _, _, h = _advance(h, u, x, Bt, A2, bias, t, end, dmask, HAS_BIAS, SOFTPLUS)
                 tl.store(scratch_ptr + kk * (BN * BD) + loc, h)
             tl.debug_barrier()
 
         t0 = start + p * V
         nxt = _load_piece(u_ptr, dl_ptr, z_ptr, dout_ptr, dy_ptr, B_ptr, C_ptr, t0 - V, start, end, offs_d, dmask,
-                          offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, DCH, HAS_Z, HAS_DY, BC_PACK, V)
+                          offs_n, nmask, s_ut, s_lt, s_zt, s_Bt, s_Ct, DCH, HAS_Z, HAS_DY, EVEN_N, V)
         # The V states of this piece, recomputed into registers.
         h = tl.load(scratch_ptr + k * (BN * BD) + loc)
         hs = ()
@@ -660,20 +645,6 @@ def _chunks(Bsz: int, T: int, n_docs: int | None, L: int) -> _Chunks:
     return _Chunks(L, max(per_seq, 1), slots, (n_docs or 1).bit_length(), T > L)
 
 
-def _bc_pack(B: torch.Tensor, C: torch.Tensor, N: int, BN: int) -> int:
-    """How the kernels load a row of B and C (``BC_PACK`` of _load_n): 0 masked, 1 whole, 4 as 64-bit words of four
-    bf16, when both are bf16 and their rows start on such words. (fp32 rows as words of two: compiled for sm_90,
-    fewer loads but more register spills in the backward, so they load whole.)"""
-    if N != BN:
-        return 0
-    if B.dtype != torch.bfloat16 or C.dtype != torch.bfloat16 or N % 4:
-        return 1
-    for t in (B, C):
-        if t.data_ptr() % 8 or t.stride(0) % 4 or t.stride(1) % 4:
-            return 1
-    return 4
-
-
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     # The kernels take any batch and time strides (views such as in_proj(x).chunk(2, -1) need no copy).
     return x if x.stride(-1) == 1 else x.contiguous()
@@ -745,8 +716,7 @@ def _fwd_op(
                 T, Dch, N, per_seq, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, *_strides(u, delta, z, B, C),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                 HAS_H0=initial_state is not None, VARLEN=cu_seqlens is not None, STORE_Y=store_ungated,
-                BC_PACK=_bc_pack(B, C, N, BN), STATE_ONLY=state_only, P=cfg.prefetch, S=cfg.ckpt_every, BD=BD,
-                BN=BN,
+                EVEN_N=N == BN, STATE_ONLY=state_only, P=cfg.prefetch, S=cfg.ckpt_every, BD=BD, BN=BN,
                 num_warps=cfg.warps_fwd,
             )
     return out, hT, y, ck
@@ -818,8 +788,7 @@ def _bwd_op(
                 T, Dch, N, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch,
                 delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1), C.stride(0), C.stride(1),
                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, BC_PACK=_bc_pack(B, C, N, BN),
-                P=cfg.prefetch, BD=BD, BN=BN,
+                VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, EVEN_N=N == BN, P=cfg.prefetch, BD=BD, BN=BN,
                 num_warps=cfg.warps_bwd,
             )
         _bwd_kernel[(ch.slots, n_db)](
@@ -832,7 +801,7 @@ def _bwd_op(
             T, Dch, N, per_seq, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, BD, *_strides(u, delta, z, B, C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, HAS_DHT=dhT is not None, NEED_DH0=need_dh0,
-            BC_PACK=_bc_pack(B, C, N, BN), P=cfg.prefetch, S=cfg.ckpt_every, V=cfg.substeps, BD=BD, BN=BN,
+            EVEN_N=N == BN, P=cfg.prefetch, S=cfg.ckpt_every, V=cfg.substeps, BD=BD, BN=BN,
             num_warps=cfg.warps_bwd,
         )
     return (
