@@ -402,9 +402,9 @@ def test_cuda_flex_fp32(window: int | None, lengths: list[int]) -> None:
     # fp32 on CUDA has no flash kernel. Eagerly, windows and documents take the reference (torch 2.11's inductor
     # cannot lower our stand-alone compiled FlexAttention helper in fp32); inside torch.compile they take
     # FlexAttention, which must stay fp32-accurate.
-    # cu_seqlens is an input of the compiled function, as in the mixers: captured as a constant instead, torch
-    # 2.11's inductor fails to lower the fp32 FlexAttention ("'int' object has no attribute 'free_symbols'", H200,
-    # 2026-12-04).
+    # T = 995 and 1000 are no multiple of the 128-token block: the document ids are padded to whole tiles, which
+    # torch 2.11's inductor failed to lower as an F.pad ("'int' object has no attribute 'free_symbols'", H200,
+    # 2026-12-04; flex.document_block_mask now concatenates).
     inputs, cu = qkv(1, sum(lengths), 4, 2, 64, dtype=torch.float32, device="cuda"), split_cu(lengths).cuda()
     kw = {"scale": 0.125, "window": window, "cu_seqlens": cu}
     assert select_impl(inputs["q"], inputs["k"], window=window, cu_seqlens=cu) == "reference"

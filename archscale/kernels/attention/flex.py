@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from archscale.kernels.attention.reference import document_ids
@@ -111,7 +110,11 @@ def document_block_mask(
     padded = None
     if doc is not None:
         nb = partial.shape[0]
-        padded = F.pad(doc, (0, nb * block_size - T), value=-1)  # in-bounds reads for the last tile
+        # In-bounds reads for the last tile. A cat, not F.pad: torch 2.11's inductor cannot inline the pad's
+        # bounds check into the fp32 FlexAttention template when T is no multiple of the block ("'int' object
+        # has no attribute 'free_symbols'"; H200, 2026-12-04: cat and an index clamp lower, pad, where and
+        # slice_scatter do not).
+        padded = torch.cat((doc, doc.new_full((nb * block_size - T,), -1)))
     kv_num, kv_idx = _kv_blocks(partial)
     full_num, full_idx = _kv_blocks(full)
     return BlockMask.from_kv_blocks(
