@@ -42,7 +42,9 @@ def kernel_times(prof: torch.profiler.profile) -> dict[str, float]:
     """Total microseconds of each CUDA kernel name in a finished profile."""
     totals: dict[str, float] = defaultdict(float)
     for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
+        # record_function ranges ("Optimizer.step#AdamW.step") also appear on the GPU timeline, over kernels
+        # already counted: skip them.
+        if evt.device_type == torch.autograd.DeviceType.CUDA and not getattr(evt, "is_user_annotation", False):
             totals[evt.name] += evt.time_range.elapsed_us()
     return dict(totals)
 
