@@ -8,7 +8,9 @@ Phi-4-mini-flash's head by default: vocab 200 064, 16 384 tokens, d 2048. Two se
 For each: the naive path (:func:`cross_entropy_reference`: full logits + ``F.cross_entropy``) and the fused one
 (:func:`linear_cross_entropy`), eagerly and under ``torch.compile``, plus the fused path at other chunk sizes.
 Peak = ``max_memory_allocated`` during one forward+backward minus the memory held before it (inputs only; the
-gradients produced count). Time = median of CUDA-event timings of forward+backward. Ratios are against the naive
+gradients produced count). Those gradients (bf16 weights: 0.78 GiB for the head alone) are already more than 10%
+of compiled naive's peak, so each target line also gives the peak beyond the returned gradients: the memory that
+a loss implementation controls. Time = median of CUDA-event timings of forward+backward. Ratios are against the naive
 path in the same mode (eager / compiled). Targets (issue #8): extra peak ≤ 10 % of naive, time ≤ 1.1×::
 
     python benchmarks/fused_ce_bench.py                       # both setups
@@ -47,7 +49,9 @@ def measure(fn: Callable, h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, ite
     loss = step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    result = {"loss": loss.item(), "grad_h": h.grad.detach().clone(), "grad_w": w.grad.detach().clone()}
+    grads_gib = sum(g.numel() * g.element_size() for g in (h.grad, w.grad)) / GiB
+    result = {"loss": loss.item(), "grad_h": h.grad.detach().clone(), "grad_w": w.grad.detach().clone(),
+              "grads_gib": grads_gib}
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -114,6 +118,7 @@ def run_setup(setup: str, args: argparse.Namespace) -> list[dict]:
         if ref is None:
             ref = r
         row = {"setup": setup, "path": path, "mode": mode, "ms": r["ms"], "peak_gib": r["peak_gib"],
+               "beyond_grads_gib": r["peak_gib"] - r["grads_gib"],
                "loss": r["loss"], "loss_rel_err": abs(r["loss"] - ref["loss"]) / abs(ref["loss"]),
                "grad_h_rel_err": rel_err(r["grad_h"], ref["grad_h"]),
                "grad_w_rel_err": rel_err(r["grad_w"], ref["grad_w"])}
@@ -167,8 +172,10 @@ def main() -> None:
             auto = [r for r in rows if r["setup"] == setup and r["mode"] == mode and "auto" in r["path"]]
             if base and auto:
                 m, s = auto[0]["peak_gib"] / base[0]["peak_gib"], auto[0]["ms"] / base[0]["ms"]
+                g = auto[0]["beyond_grads_gib"] / base[0]["beyond_grads_gib"]
                 ok = "PASS" if m <= 0.10 and s <= 1.10 else "MISS"
-                print(f"target {setup}/{mode}: extra peak {m:.1%} of naive (≤ 10%), time {s:.2f}× (≤ 1.1×): {ok}")
+                print(f"target {setup}/{mode}: extra peak {m:.1%} of naive (≤ 10%), time {s:.2f}× (≤ 1.1×): "
+                      f"{ok}; beyond the returned gradients {g:.1%} of naive's")
 
 
 if __name__ == "__main__":
