@@ -5,6 +5,7 @@ same process, so the ratios between them are meaningful on a shared, noisy machi
 
     python benchmarks/train_throughput.py --depth 16 --seq-len 4096 --batch 4 --models plain,transformer,sambay
     python benchmarks/train_throughput.py --depth 16 --seq-len 16384 --batch 1 --models transformer,sambay --varlen
+    python benchmarks/train_throughput.py --models plain,transformer --profile 3   # + GPU time by kernel category
 
 ``plain`` is benchmarks/baseline_plain.py (a ~80-line Llama-style model with Transformer++'s dimensions); any other
 name is an archscale architecture family built with ``depth``, ``vocab_size`` and ``block_size`` (``archscale`` is
@@ -186,6 +187,8 @@ def main() -> None:
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("train_throughput.py: no CUDA device (use --device cpu for a smoke test)")
+    if args.profile and args.device != "cuda":
+        sys.exit("train_throughput.py: --profile reads CUDA kernel times; it needs --device cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     names = args.models.split(",")
     modes = args.modes.split(",") if args.modes else ["varlen" if args.varlen else "dense"]
