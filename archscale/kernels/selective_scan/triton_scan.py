@@ -701,9 +701,10 @@ def _fwd_op(
     n_db = triton.cdiv(Dch, BD)
     ch = _chunks(Bsz, T, n_docs, _time_chunk(cfg.time_chunk_fwd, T, Bsz, n_db, cfg.warps_fwd, cfg.ckpt_every,
                                              u.device))
-    # Chunk summaries (final state from zero, Σ Δ), written by the first pass when a sequence spans chunks.
-    hc = u.new_empty((ch.slots, N, Dch) if ch.split else (0,), dtype=torch.float32)
-    sdl = u.new_empty((ch.slots, Dch) if ch.split else (0,), dtype=torch.float32)
+    # Chunk summaries (final state from zero, Σ Δ), written by the first pass when a sequence spans chunks;
+    # without chunks the kernel never reads them and hT stands in for both pointers.
+    hc = u.new_empty(ch.slots, N, Dch, dtype=torch.float32) if ch.split else hT
+    sdl = u.new_empty(ch.slots, Dch, dtype=torch.float32) if ch.split else hT
     At = _A_t(A)
     with _launch_guard(u):
         for state_only in (True, False) if ch.split else (False,):
@@ -712,7 +713,7 @@ def _fwd_op(
                 D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
                 initial_state.contiguous() if initial_state is not None else u,
                 cu_seqlens if cu_seqlens is not None else u,
-                out, y if store_ungated else out, hT, ck, hc if ch.split else hT, sdl if ch.split else hT,
+                out, y if store_ungated else out, hT, ck, hc, sdl,
                 T, Dch, N, per_seq, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, *_strides(u, delta, z, B, C),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                 HAS_H0=initial_state is not None, VARLEN=cu_seqlens is not None, STORE_Y=store_ungated,
@@ -773,9 +774,10 @@ def _bwd_op(
     dh0 = u.new_empty(nseq, Dch, N, dtype=f32) if need_dh0 else u.new_empty(0)
     # Per program: the states at every V-th step of one segment (S/V · BN · BD fp32, written and soon read back).
     scratch = u.new_empty(ch.slots * n_db * (cfg.ckpt_every // cfg.substeps) * BN * BD, dtype=f32)
-    # Chunk summaries of the adjoint (carry from zero, Σ Δ), when a sequence spans chunks.
-    gc = u.new_empty((ch.slots, N, Dch) if ch.split else (0,), dtype=f32)
-    sdl = u.new_empty((ch.slots, Dch) if ch.split else (0,), dtype=f32)
+    # Chunk summaries of the adjoint (carry from zero, Σ Δ), when a sequence spans chunks; without chunks the
+    # kernel never reads them and dout stands in for both pointers.
+    gc = u.new_empty(ch.slots, N, Dch, dtype=f32) if ch.split else dout
+    sdl = u.new_empty(ch.slots, Dch, dtype=f32) if ch.split else dout
     At = _A_t(A)
     bias_arg = delta_bias.contiguous() if delta_bias is not None else u
     cu_arg = cu_seqlens if cu_seqlens is not None else u
@@ -795,7 +797,7 @@ def _bwd_op(
             u, delta, z if z is not None else u, At, B, C,
             D.contiguous() if D is not None else u, bias_arg, cu_arg, ck,
             dout, dy_arg, dhT.contiguous() if dhT is not None else dout,
-            gc if ch.split else dout, sdl if ch.split else dout,
+            gc, sdl,
             du, ddelta, dz if z is not None else du, dA, dB, dC,
             dD if D is not None else dA, dbias if delta_bias is not None else dA, dh0 if need_dh0 else dA, scratch,
             T, Dch, N, per_seq, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch, BD, *_strides(u, delta, z, B, C),
