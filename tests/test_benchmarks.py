@@ -75,3 +75,10 @@ def test_step_profile_classifies_kernel_names() -> None:
                                       "categories_ms": {"matmul": 6.0, "attention": 3.0},
                                       "top_kernels_ms": [("gemm", 6.0)]})
     assert "gap 1.0 ms (10.0%)" in text and "matmul" in text and "60.0%" in text
+
+
+def test_throughput_profile_off_cuda_is_refused_with_the_reason() -> None:
+    cmd = [sys.executable, str(BENCH / "train_throughput.py"), "--device", "cpu", "--profile", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "--profile" in proc.stderr and "--device cuda" in proc.stderr, proc.stderr[-2000:]
