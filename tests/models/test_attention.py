@@ -108,6 +108,25 @@ def test_rope_is_relative() -> None:
     torch.testing.assert_close(apply_rope(q, c0, s0), q)
 
 
+def test_rope_table_is_one_opaque_op_with_the_published_angles() -> None:
+    """The table is an opaque custom op (so a compiled model computes it once, not inlined into every head's
+    rotation) whose values are cos/sin of pos · base^(-2i/K) with the halves repeated (rotate-half layout)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    pos = torch.tensor([[0, 5, 4095], [1, 2, 3]])
+    torch.library.opcheck(torch.ops.archscale.rope_cos_sin.default, (pos, 8, 10000.0))
+    cos, sin = rope_cos_sin(pos, 8, 10000.0)
+    i = torch.arange(4, dtype=torch.float64)
+    angles = pos.double()[..., None] * 10000.0 ** (-2 * i / 8)
+    torch.testing.assert_close(cos, torch.cat((angles.cos(), angles.cos()), -1).float(), rtol=0, atol=2e-6)
+    torch.testing.assert_close(sin, torch.cat((angles.sin(), angles.sin()), -1).float(), rtol=0, atol=2e-6)
+    graph = make_fx(lambda p: rope_cos_sin(p, 8, 10000.0))(pos).graph
+    targets = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert "archscale.rope_cos_sin.default" in targets and "aten.cos.default" not in targets
+    with pytest.raises(ValueError, match="even head_dim"):
+        rope_cos_sin(pos, 7, 10000.0)
+
+
 def test_nope_is_position_free() -> None:
     mixer = make(n_head=2, head_dim=8, positional="nope")
     x = torch.randn(1, 6, D, dtype=torch.float64)
