@@ -650,6 +650,14 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _packed_rows(x: torch.Tensor) -> torch.Tensor:
+    """B and C (B, T, N) with rows N apart. Every thread loads a whole (N,) row each step; rows of a view into
+    the mixer's x_proj output (dt_rank + 2N apart, e.g. 156 bf16 = 312 bytes) are not 16-byte aligned, which
+    measured 5% slower (H200, B4 T4096 D3968 bf16, forward+backward 7.27 vs 6.88 ms; benchmarks/RESULTS.md),
+    presumably as the loads cannot be vectorised. The copy is small (T·N per sequence)."""
+    return x.contiguous()
+
+
 def _launch_guard(x: torch.Tensor) -> torch.cuda.device | _NullContext:
     return torch.cuda.device(x.device) if x.is_cuda else _NullContext()
 
@@ -686,7 +694,8 @@ def _fwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, final_state fp32, ungated y or an empty tensor, saved states fp32). See :func:`selective_scan_triton`."""
     cfg = ScanConfig(*config)
-    u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    u, delta = _last_dim_contiguous(u), _last_dim_contiguous(delta)
+    B, C = _packed_rows(B), _packed_rows(C)
     z = None if z is None else _last_dim_contiguous(z)
     Bsz, T, Dch = u.shape
     N = A.shape[-1]
@@ -748,7 +757,8 @@ def _bwd_op(
            torch.Tensor, torch.Tensor]:
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 fp32), empty tensors for absent inputs."""
     cfg = ScanConfig(*config)
-    u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    u, delta = _last_dim_contiguous(u), _last_dim_contiguous(delta)
+    B, C = _packed_rows(B), _packed_rows(C)
     z = None if z is None else _last_dim_contiguous(z)
     dout = dout.contiguous()
     dy = None if dy is None else dy.contiguous()
