@@ -36,9 +36,10 @@ def _(position_ids: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Ten
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotation angles, each float32 (B, T, head_dim) with the two halves repeated.
 
-    An opaque custom op, so that ``torch.compile`` computes the table once per layer into a buffer: as plain
-    pointwise code inductor inlined the angles (a ``pow``, a ``cos`` and a ``sin``) into the kernels that rotate q
-    and k, once per head and element, forward and backward (5.9 ms of a 230 ms Transformer++ d16 step on an H200,
+    An opaque custom op, so that ``torch.compile`` computes the table into a buffer (once per step: the layers'
+    identical calls are merged) that the rotations read: as plain pointwise code inductor inlined the angles (a
+    ``pow``, a ``cos`` and a ``sin``) into every kernel that rotates q or k, per head and element, forward and
+    backward (Transformer++ d16 on an H200: elementwise time 33.1 -> 23.8 ms of a ~225 ms step,
     benchmarks/RESULTS.md). Positions are integers, so the op needs no gradient."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
