@@ -20,7 +20,8 @@ TOP_KERNELS_PRINTED = 12  # in the table
 
 # (category, substrings of the kernel name), first match wins; matched case-insensitively.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("selective scan", ("_fwd_kernel", "_bwd_kernel", "_bwd_summary_kernel")),
+    # our Triton kernels carry a "_scan_" prefix: a bare "_fwd_kernel" would also match flash_fwd_kernel
+    ("selective scan", ("_scan_fwd_kernel", "_scan_bwd_kernel", "_scan_bwd_summary_kernel")),
     ("cross-entropy", ("_ce_rows_kernel",)),
     ("attention", ("flex_attention", "flex_decoding")),  # inductor templates, named after the op
     ("matmul", ("triton_tem",)),  # inductor's other templates are GEMMs; before its fused kernels

@@ -219,7 +219,7 @@ def _chunk_summary(ptr, sdl_ptr, slot, DCH, N, nd, nd_mask, offs_d, dmask):
 
 # --------------------------------------------------------------------------------------------------- forward
 @triton.jit(do_not_specialize=["s_nd"])
-def _fwd_kernel(
+def _scan_fwd_kernel(
     u_ptr, dl_ptr, z_ptr, At_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, cu_ptr,
     out_ptr, y_ptr, hT_ptr, ck_ptr, hc_ptr, sdl_ptr,
     T, DCH, N, CK_PER_SEQ, n_docs, N_CHUNKS, L, N_SEARCH, s_nd,
@@ -338,7 +338,7 @@ def _load_piece(
 
 
 @triton.jit(do_not_specialize=["s_nd"])
-def _bwd_summary_kernel(
+def _scan_bwd_summary_kernel(
     dl_ptr, z_ptr, At_ptr, C_ptr, bias_ptr, cu_ptr, dout_ptr, dy_ptr, gc_ptr, sdl_ptr,
     T, DCH, N, n_docs, N_CHUNKS, L, N_SEARCH, s_nd, s_lb, s_lt, s_zb, s_zt, s_Cb, s_Ct,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, VARLEN: tl.constexpr,
@@ -402,7 +402,7 @@ def _bwd_summary_kernel(
 
 
 @triton.jit(do_not_specialize=["s_nd", "s_scr"])
-def _bwd_kernel(
+def _scan_bwd_kernel(
     u_ptr, dl_ptr, z_ptr, At_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, cu_ptr, ck_ptr,
     dout_ptr, dy_ptr, dhT_ptr, gc_ptr, sdl_ptr,
     du_ptr, ddl_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, scratch_ptr,
@@ -413,7 +413,7 @@ def _bwd_kernel(
     EVEN_N: tl.constexpr, P: tl.constexpr, S: tl.constexpr, V: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     """The backward of one time chunk (see the module docstring), entering from its end with the carry folded
-    from dL/dh_T and the summaries of the later chunks (_bwd_summary_kernel)."""
+    from dL/dh_T and the summaries of the later chunks (_scan_bwd_summary_kernel)."""
     q = tl.program_id(0)
     i_d = tl.program_id(1)
     i_s, seq_start, seq_end, c, n_c = _locate(q, cu_ptr, n_docs, T, L, N_CHUNKS, N_SEARCH, VARLEN)
@@ -575,7 +575,7 @@ def _bwd_kernel(
 
 #: Whether ``@triton.jit`` built this module's kernels for the interpreter (``TRITON_INTERPRET=1`` when it was
 #: imported): then they run on CPU tensors (slowly; tests). Read from the kernel itself, whatever the Triton version.
-INTERPRETED: bool = type(_fwd_kernel).__name__ == "InterpretedFunction"
+INTERPRETED: bool = type(_scan_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 # --------------------------------------------------------------------------------------------------- launchers
@@ -717,7 +717,7 @@ def _fwd_op(
     At = _A_t(A)
     with _launch_guard(u):
         for state_only in (True, False) if ch.split else (False,):
-            _fwd_kernel[(ch.slots, n_db)](
+            _scan_fwd_kernel[(ch.slots, n_db)](
                 u, delta, z if z is not None else u, At, B, C,
                 D.contiguous() if D is not None else u, delta_bias.contiguous() if delta_bias is not None else u,
                 initial_state.contiguous() if initial_state is not None else u,
@@ -795,7 +795,7 @@ def _bwd_op(
     with _launch_guard(u):
         if ch.split:
             zz = z if z is not None else u
-            _bwd_summary_kernel[(ch.slots, n_db)](
+            _scan_bwd_summary_kernel[(ch.slots, n_db)](
                 delta, zz, At, C, bias_arg, cu_arg, dout, dy_arg, gc, sdl,
                 T, Dch, N, n_docs or 0, ch.per_seq, ch.L, ch.search, Dch,
                 delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1), C.stride(0), C.stride(1),
@@ -803,7 +803,7 @@ def _bwd_op(
                 VARLEN=cu_seqlens is not None, HAS_DY=dy is not None, EVEN_N=N == BN, P=cfg.prefetch, BD=BD, BN=BN,
                 num_warps=cfg.warps_bwd,
             )
-        _bwd_kernel[(ch.slots, n_db)](
+        _scan_bwd_kernel[(ch.slots, n_db)](
             u, delta, z if z is not None else u, At, B, C,
             D.contiguous() if D is not None else u, bias_arg, cu_arg, ck,
             dout, dy_arg, dhT.contiguous() if dhT is not None else dout,
