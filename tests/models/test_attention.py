@@ -57,13 +57,22 @@ def reference(mixer: CausalSelfAttention, x: torch.Tensor, positions: torch.Tens
         dict(n_head=4, n_kv_head=2, head_dim=8, window=5),
         dict(n_head=4, n_kv_head=4, head_dim=8, positional="nope"),
         dict(n_head=2, n_kv_head=1, head_dim=8, window=1),
+        dict(n_head=4, n_kv_head=2, head_dim=8, qv_bias=True, o_bias=True),
     ],
 )
 def test_matches_loop_reference(params: dict) -> None:
+    """Forward and the gradient of the input and of every parameter against the per-head loop reference."""
     mixer = make(**params)
-    x = torch.randn(2, 19, D, dtype=torch.float64)
+    x = torch.randn(2, 19, D, dtype=torch.float64, requires_grad=True)
     y, _ = mixer(x, SeqInfo.dense(2, 19))
-    torch.testing.assert_close(y, reference(mixer, x, torch.arange(19)), rtol=1e-10, atol=1e-10)
+    expected = reference(mixer, x, torch.arange(19))
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    dy = torch.randn_like(y)
+    inputs = [x, *mixer.parameters()]
+    grads = torch.autograd.grad(y, inputs, dy)
+    expected_grads = torch.autograd.grad(expected, inputs, dy)
+    for name, g, e in zip(["x", *(n for n, _ in mixer.named_parameters())], grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d{name}: {m}")
 
 
 def test_attn_scale_from_context() -> None:
