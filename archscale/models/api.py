@@ -32,6 +32,9 @@ class SeqInfo:
     cu_seqlens: None for dense causal batches; else int32 (n_docs + 1,) cumulative document lengths over the
         flattened batch, starting at 0 and ending at B*T (varlen: then B == 1).
     max_seqlen: longest document (== seq_len for dense batches).
+    return_state: whether the caller keeps the new states the mixers return (decoding, chunked prefill). The model
+        sets it False when it drops them (training): recurrent mixers then skip their final state, and the scan's
+        backward the zero gradient of that unused output (a slower kernel variant, benchmarks/RESULTS.md).
     """
 
     batch_size: int
@@ -39,6 +42,7 @@ class SeqInfo:
     position_ids: torch.Tensor
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
+    return_state: bool = True
 
     @property
     def is_varlen(self) -> bool:
@@ -73,6 +77,7 @@ class SeqInfo:
             position_ids=self.position_ids.to(device),
             cu_seqlens=None if self.cu_seqlens is None else self.cu_seqlens.to(device),
             max_seqlen=self.max_seqlen,
+            return_state=self.return_state,
         )
 
 

@@ -18,7 +18,7 @@ and takes the loss from them). Under ``torch.autocast`` the residual stream stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -92,6 +92,8 @@ class LanguageModel(nn.Module):
                 )
             seq = SeqInfo.dense(B, T, device=input_ids.device)
         want_state = use_cache or state is not None
+        if seq.return_state != want_state:
+            seq = replace(seq, return_state=want_state)
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state has {len(state)} entries, the model has {len(self.blocks)} layers")
 

@@ -100,6 +100,35 @@ def test_cached_decoding_equals_recomputation(family: str) -> None:
     assert {layer.mixer for layer in layers[f + 1 :]} <= {"gmu", "yoco_cross"}
 
 
+@pytest.mark.parametrize(("family", "module", "kernel"), [
+    ("mambay", "mamba", "selective_scan"), ("mambay2", "mamba2", "ssd"), ("gdny", "gated_deltanet", "gated_delta_rule"),
+])
+def test_final_state_only_when_the_caller_keeps_it(
+    family: str, module: str, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training drops the mixers' states, so the recurrent kernels are not asked for a final state (whose zero
+    gradient would select a slower scan backward); prefill with ``use_cache`` and continuing from a state are."""
+    import importlib
+
+    mod = importlib.import_module(f"archscale.models.mixers.{module}")
+    real, asked = getattr(mod, kernel), []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["return_final_state"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, kernel, spy)
+    model = tiny_model(family)
+    x = torch.randint(0, V, (2, 12))
+    model(x, SeqInfo.dense(2, 12), targets=x).loss.backward()
+    n = len(asked)
+    assert n > 0 and asked == [False] * n
+    state = model(x, use_cache=True).state
+    assert asked[n:] == [True] * n
+    model(x[:, :1], SeqInfo.dense(2, 1, offset=12), state=state)
+    assert asked[2 * n:] == [True] * n
+
+
 @pytest.mark.parametrize("family", ["sambay", "sambayda", "mambay2", "swayoco"])
 def test_varlen_documents_are_isolated(family: str) -> None:
     model = tiny_model(family, torch.float64)

@@ -37,11 +37,12 @@ def split_state(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
     """(conv state, ssm state, whether to return a state) for a recurrent mixer's forward.
 
-    Packed varlen batches restart the recurrence at every document, so they neither take nor return a state."""
+    Packed varlen batches restart the recurrence at every document, so they neither take nor return a state; nor
+    does any batch whose caller drops the states (``seq.return_state`` False: training)."""
     if state is not None and seq.is_varlen:
         raise ValueError(f"{name}: a recurrent state cannot be combined with a packed varlen batch (cu_seqlens)")
     conv_state, ssm_state = (None, None) if state is None else state
-    return conv_state, ssm_state, not seq.is_varlen
+    return conv_state, ssm_state, seq.return_state and not seq.is_varlen
 
 
 def init_dt_bias_(bias: torch.Tensor, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
