@@ -107,6 +107,42 @@ def time_fwd_bwd(fn: Callable[..., torch.Tensor], inp: dict, iters: int) -> tupl
     return fwd, fwd_bwd, peak
 
 
+def time_with_final_state(inp: dict, cu: torch.Tensor | None, iters: int) -> float:
+    """Forward+backward ms when the final state is returned and receives a gradient too (state carried across
+    chunks of a long sequence): the backward kernel variant that starts from dL/dh_T."""
+    from archscale.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
+    res = selective_scan_triton(**leaves, cu_seqlens=cu, return_final_state=True)
+    dout, dhT = torch.randn_like(res.out), torch.randn_like(res.final_state)
+
+    def step() -> None:
+        r = selective_scan_triton(**leaves, cu_seqlens=cu, return_final_state=True)
+        torch.autograd.grad((r.out, r.final_state), list(leaves.values()), (dout, dhT))
+
+    return cuda_median(step, iters)
+
+
+FLAGS = ("VARLEN", "HAS_H0", "STATE_ONLY", "STORE_Y", "HAS_DY", "HAS_DHT", "NEED_DH0")
+
+
+def kernel_variants() -> list[dict]:
+    """Registers and spills of every scan kernel variant compiled so far in this process (ptxas' numbers as the
+    driver reports them): a variant that spills is the first suspect when in-model times exceed the isolated ones."""
+    from archscale.kernels.selective_scan import triton_scan as ts
+
+    rows = []
+    for fn in (ts._scan_fwd_kernel, ts._scan_bwd_summary_kernel, ts._scan_bwd_kernel):
+        for caches in fn.device_caches.values():
+            for compiled in caches[0].values():
+                compiled._init_handles()  # n_regs / n_spills are read when the binary is loaded
+                consts = getattr(getattr(compiled, "src", None), "constants", {}) or {}
+                named = {fn.arg_names[k[0]] if isinstance(k, tuple) else k: v for k, v in consts.items()}
+                rows.append({"kernel": fn.__name__, "flags": [f for f in FLAGS if named.get(f) is True],
+                             "registers": compiled.n_regs, "spills": compiled.n_spills})
+    return rows
+
+
 def errors_vs_reference(Bsz: int, T: int, Dch: int, N: int, cu: torch.Tensor | None) -> dict[str, float]:
     """Relative errors of the output and every gradient, Triton vs the reference, fp32, same upstream gradient."""
     from archscale.kernels.selective_scan import selective_scan
@@ -227,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         ("triton fwd+bwd", f"{fwd_bwd:.3f} ms  ({fwd_bwd / floor_all:.2f}x floor; target <= 4x)"),
         ("peak memory fwd+bwd", f"{peak:.2f} GiB above inputs (saved states {ck_gib:.3f} GiB)"),
     ])
+    with_state = time_with_final_state(inp, cu, args.iters)
+    result.update(triton_fwd_bwd_final_state_ms=with_state)
+    rows.append(("triton fwd+bwd, final state too", f"{with_state:.3f} ms  ({with_state / fwd_bwd:.2f}x without)"))
+    variants = kernel_variants()
+    result["kernel_variants"] = variants
+    rows.extend((f"{v['kernel']} {'+'.join(v['flags']) or 'plain'}", f"{v['registers']} registers, {v['spills']} "
+                 "spilled") for v in variants)
 
     from archscale.kernels.selective_scan import _HAS_MAMBA_SSM, _load_mamba_ssm
 

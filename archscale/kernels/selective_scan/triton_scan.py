@@ -460,7 +460,7 @@ def _scan_bwd_kernel(
     # g = C dy + dL/dh_T, so the carry starts as the final state's gradient.
     carry = tl.zeros([BN, BD], tl.float32)
     if HAS_DHT:
-        carry = tl.load(dhT_ptr + s64 * DCH * N + dn, mask=nd_mask, other=0.0).to(tl.float32)
+        carry = tl.load(dhT_ptr + s64 * DCH * N + nd, mask=nd_mask, other=0.0).to(tl.float32)
     for jj in range(tl.where(run, n_c - 1 - c, 0)):  # the chunks after this one, last to first
         gj, sj = _chunk_summary(gc_ptr, sdl_ptr, q + n_c - 1 - c - jj, DCH, N, nd, nd_mask, offs_d, dmask)
         carry = gj + tl.exp2(sj[None, :] * A2) * carry
@@ -806,7 +806,10 @@ def _bwd_op(
         _scan_bwd_kernel[(ch.slots, n_db)](
             u, delta, z if z is not None else u, At, B, C,
             D.contiguous() if D is not None else u, bias_arg, cu_arg, ck,
-            dout, dy_arg, dhT.contiguous() if dhT is not None else dout,
+            # dL/dh_T as (nseq, N, D), the layout of the kernel's state tiles: loaded as (nseq, D, N), the carry took
+            # the load's layout through the loop and the kernel spilled registers (H100, Triton 3.6: 255 registers,
+            # 140 bytes of spill stores; transposed here: 250, none).
+            dout, dy_arg, dhT.transpose(1, 2).contiguous() if dhT is not None else dout,
             gc, sdl,
             du, ddelta, dz if z is not None else du, dA, dB, dC,
             dD if D is not None else dA, dbias if delta_bias is not None else dA, dh0 if need_dh0 else dA, scratch,
