@@ -1,6 +1,7 @@
 """The benchmark scripts (their numbers come from the GPU machine, benchmarks/RESULTS.md): every one starts and
 parses its arguments without a GPU, the throughput script's FLOP count matches the formula of ../shared/docs/GPU.md,
-and its measurement loop runs end to end on the CPU for dense and varlen batches."""
+and its measurement loop runs end to end on the CPU for dense and varlen batches; scan_registers.py records the scan's
+real launches and finds no spilling backward variant (ptxas for sm_90, no GPU needed)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,53 @@ def test_throughput_profile_off_cuda_is_refused_with_the_reason() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "--profile" in proc.stderr and "--device cuda" in proc.stderr, proc.stderr[-2000:]
+
+
+def _scan_kernels_compiled_for_gpu() -> bool:
+    from archscale.kernels.selective_scan.triton_scan import INTERPRETED
+
+    return not INTERPRETED
+
+
+def test_scan_registers_records_launches_with_triton_specialisations() -> None:
+    """The launches scan_registers.py compiles are the real launchers' (nothing runs), specialised as on the device:
+    an int equal to 1 becomes a constant, ``do_not_specialize`` ints stay plain, aligned pointers get the
+    divisibility hint; training asks for no dL/dh_T, a final state's gradient does."""
+    if not _scan_kernels_compiled_for_gpu():
+        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
+    from scan_registers import CASES, launches, mixer_inputs, specialise
+
+    inputs = mixer_inputs(1, 64, 48, 4, 3)
+    (fwd, fwd_args, fwd_kw), (bwd, bwd_args, bwd_kw) = launches(CASES["training"], inputs)
+    assert (fwd.__name__, bwd.__name__) == ("_scan_fwd_kernel", "_scan_bwd_kernel")
+    assert bwd_kw["HAS_DHT"] is False and fwd_kw["STORE_Y"] is False
+    signature, constexprs, attrs, warps = specialise(bwd, bwd_args, bwd_kw)
+    names = [p.name for p in bwd.params]
+    assert signature["u_ptr"] == "*bf16" and signature["At_ptr"] == "*fp32"
+    assert signature["N_CHUNKS"] == "constexpr" and constexprs["N_CHUNKS"] == 1  # one chunk off CUDA
+    assert signature["DCH"] == "i32" and (names.index("DCH"),) in attrs  # 48: divisible by 16
+    assert signature["s_nd"] == "i32" and (names.index("s_nd"),) not in attrs  # do_not_specialize
+    assert (names.index("N"),) not in attrs and warps == bwd_kw["num_warps"]  # N = 4
+    (_, _, _), (_, args, kw) = launches(CASES["final state with a gradient"], inputs)
+    assert kw["HAS_DHT"] is True
+    dhT = args[names.index("dhT_ptr")]
+    assert dhT.shape == (1, 4, 48) and dhT.is_contiguous()  # (nseq, N, D): the state tiles' layout
+
+
+def test_scan_backward_variants_do_not_spill_registers() -> None:
+    """ptxas for sm_90 (no GPU needed) on the backward variants a model uses: none spills. The dL/dh_T variant did
+    (loaded as (D, N)), and measured about 1.5x slower in SambaY on the H100 (benchmarks/RESULTS.md, 2026-12-05)."""
+    import triton
+
+    if not _scan_kernels_compiled_for_gpu():
+        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
+    from scan_registers import usage_table
+
+    rows = usage_table(cases=["training", "memory layer (ungated output)", "final state with a gradient"])
+    backward = {"+".join(r["flags"]) or "plain": r for r in rows if r["kernel"] == "_scan_bwd_kernel"}
+    assert set(backward) == {"plain", "HAS_DY", "HAS_DHT"}
+    for variant, r in backward.items():
+        assert r["spill_stores"] == r["spill_loads"] == 0, f"{variant}: {r} (Triton {triton.__version__})"
+        assert 0 < r["registers"] <= 255
