@@ -67,7 +67,8 @@ class LMSpec(BaseModel):
         "(archscale.kernels.cross_entropy.linear_cross_entropy); 'naive' builds them and calls F.cross_entropy.",
     )
     loss_chunk_size: int | None = Field(
-        None, ge=1, description="Tokens per chunk of the fused loss; None = automatic (n_embd, at least 256).",
+        None, ge=1,
+        description="Tokens per chunk of the fused loss; None = automatic (1024 for 16-bit weights, 2048 for float32).",
     )
 
     @property

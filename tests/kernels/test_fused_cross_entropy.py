@@ -14,8 +14,10 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from kernel_helpers import rel_err
 from pydantic import ValidationError
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from archscale.kernels.cross_entropy import (
     CrossEntropyOutput,
@@ -23,6 +25,7 @@ from archscale.kernels.cross_entropy import (
     cross_entropy_reference,
     linear_cross_entropy,
 )
+from archscale.kernels.cross_entropy.chunked import chunked_linear_cross_entropy
 from archscale.models.archs import TransformerConfig, transformer
 from archscale.models.lm import build_model
 from archscale.models.spec import LMSpec
@@ -180,7 +183,38 @@ def test_flop_counter_sees_the_naive_matmul_flops(grad: bool) -> None:
 
 
 def test_auto_chunk_size() -> None:
-    assert auto_chunk_size(64) == 256 and auto_chunk_size(2048) == 2048 and auto_chunk_size(3000) == 3072
+    """512 tokens per byte of the weight gradient's element, independent of d (see auto_chunk_size)."""
+    assert auto_chunk_size(torch.bfloat16) == auto_chunk_size(torch.float16) == 1024
+    assert auto_chunk_size(torch.float32) == 2048
+
+
+def test_bf16_weights_accumulate_in_bf16_within_a_bounded_error() -> None:
+    """16-bit weights: the weight gradient is summed in bf16 (rounded once per chunk, 32 chunks here), with no
+    float32 (V, d) buffer; its error against float64 stays within a small factor of the naive bf16 path's."""
+    hidden, weight, targets = make_inputs(512, 600, 64, dtype=torch.float64)
+    exact = run(cross_entropy_reference, hidden, weight, targets, z_loss=1e-3)
+    low = hidden.bfloat16(), weight.bfloat16()
+    naive = run(cross_entropy_reference, *low, targets, z_loss=1e-3)
+    created: list[tuple[torch.dtype, int]] = []
+
+    class RecordOutputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            created.extend((t.dtype, t.numel()) for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    with RecordOutputs():  # the implementation itself: the mode does not see inside the custom op
+        chunked_linear_cross_entropy(*low, targets, ignore_index=-100, z_loss=1e-3, logit_multiplier=1.0,
+                                     chunk_size=16, compute_dtype=torch.bfloat16, mean=True, with_grad=True,
+                                     use_triton=False)
+    assert (torch.bfloat16, weight.numel()) in created, "the recording missed the weight gradient"
+    assert (torch.float32, weight.numel()) not in created, "a float32 weight-sized accumulator was allocated"
+    got = run(linear_cross_entropy, *low, targets, z_loss=1e-3, chunk_size=16)
+    assert got["grad_weight"].dtype == torch.bfloat16
+    for name in ("grad_weight", "grad_hidden"):
+        err, naive_err = rel_err(got[name], exact[name]), rel_err(naive[name], exact[name])
+        assert 0 < err < 1e-2, (name, err)
+        assert err < 2 * naive_err, (name, err, naive_err)
 
 
 def test_bf16_autocast_on_cpu() -> None:
@@ -414,3 +448,26 @@ def test_cuda_fused_uses_a_fraction_of_the_naive_memory() -> None:
         torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() - base
     assert peaks["fused"] < 0.25 * peaks["naive"], peaks
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_bf16_weights_hold_one_chunk_of_logits_beyond_the_gradients() -> None:
+    """Compiled, 16-bit weights: beyond the inputs and the two returned gradients the fused loss holds one chunk
+    of logits (plus cuBLAS workspace), with no weight-sized accumulator and no copy in the backward."""
+    n, v, d, chunk = 8192, 32000, 512, 1024
+    hidden, weight, targets = make_inputs(n, v, d, dtype=torch.bfloat16, device="cuda")
+    h, w = hidden.requires_grad_(True), weight.requires_grad_(True)
+    loss_fn = torch.compile(lambda h, w, t: linear_cross_entropy(h, w, t, chunk_size=chunk).loss, fullgraph=True)
+    for _ in range(2):  # compile, then fill cuBLAS' workspace outside the measurement
+        h.grad = w.grad = None
+        loss_fn(h, w, targets).backward()
+    h.grad = w.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss_fn(h, w, targets).backward()
+    torch.cuda.synchronize()
+    grads = sum(g.numel() * g.element_size() for g in (h.grad, w.grad))
+    beyond = torch.cuda.max_memory_allocated() - base - grads
+    logits_chunk = chunk * v * 2
+    assert beyond <= 1.1 * logits_chunk + 2**22, (beyond / logits_chunk, beyond)
