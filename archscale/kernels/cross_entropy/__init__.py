@@ -80,10 +80,15 @@ def _linear_cross_entropy_op(
     compute_dtype: torch.dtype,
     mean: bool,
     with_grad: bool,
-    use_triton: bool,
+    impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, cross_entropy, grad_hidden, grad_weight); the gradients are empty (0,) tensors without
     ``with_grad`` (a custom op cannot return None)."""
+    # Decided here, inside the opaque op, rather than by the caller: the cached import probe would otherwise be
+    # traced by dynamo, which warns about every functools.cache'd function it meets.
+    use_triton = impl == "triton" or (
+        impl == "auto" and hidden.is_cuda and compute_dtype != torch.float64 and _triton_available()
+    )
     # The dtypes are explicit (compute_dtype was read from autocast by the caller); an autocast region still
     # active at run time (a compiled model called inside one) must not re-cast anything in here.
     with fp32_region(hidden):
@@ -109,7 +114,7 @@ def _(
     compute_dtype: torch.dtype,
     mean: bool,
     with_grad: bool,
-    use_triton: bool,
+    impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = accumulate_dtype(compute_dtype)
     loss, ce = hidden.new_empty((), dtype=acc), hidden.new_empty((), dtype=acc)
@@ -175,15 +180,11 @@ def linear_cross_entropy(
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     compute_dtype = _compute_dtype(hidden, weight)
-    if impl == "auto":
-        use_triton = hidden.is_cuda and compute_dtype != torch.float64 and _triton_available()
-    else:
-        use_triton = impl == "triton"
-    if use_triton and compute_dtype == torch.float64:
+    if impl == "triton" and compute_dtype == torch.float64:
         raise ValueError("impl='triton' computes in float32 at most; use impl='torch' for float64 inputs")
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     loss, ce, _, _ = _linear_cross_entropy_op(
         hidden, weight, targets.long(), ignore_index, float(z_loss), float(logit_multiplier), int(chunk_size),
-        compute_dtype, reduction == "mean", with_grad, use_triton,
+        compute_dtype, reduction == "mean", with_grad, impl,
     )
     return CrossEntropyOutput(loss, ce.detach())
