@@ -3,6 +3,8 @@ states, varlen, awkward sizes."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -215,6 +217,21 @@ def test_errors() -> None:
         gated_delta_rule(**inp, impl="triton")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="impl='fla' is not available: fla's kernels run on CUDA only"):
         gated_delta_rule(**inp, impl="fla")
+
+
+def test_fla_refusal_is_a_constant_to_dynamo() -> None:
+    """Compiled models ask fla_refusal while being traced: dynamo must take its answer as a constant, not trace
+    the functools.cache'd probe behind it (which it warns about on every compile)."""
+    from archscale.kernels.delta_rule.fla import fla_refusal
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if fla_refusal(x.device) is None else x - 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(pick, fullgraph=True, backend="eager")(torch.zeros(3))
+    assert not [m for m in caught if "lru_cache" in str(m.message)], [str(m.message)[:120] for m in caught]
+    assert torch.equal(out, pick(torch.zeros(3)))  # the answer on this device, as eager code gets it
 
 
 def test_fp32_math_under_autocast() -> None:

@@ -45,6 +45,9 @@ def _refusal(device_type: str, device_index: int | None) -> str | None:
     return None
 
 
+# Compiled models ask this while dynamo traces them; as a constant-result function dynamo calls it instead of
+# tracing into the functools.cache'd probe (which it warns about on every compile).
+@torch.compiler.assume_constant_result
 def fla_refusal(device: torch.device) -> str | None:
     """None when fla's chunked gated delta rule may run on ``device``; otherwise the reason it may not."""
     return _refusal(device.type, device.index)
