@@ -131,6 +131,14 @@ def test_all_targets_ignored_give_zero_not_nan(fn) -> None:
     assert (h.grad == 0).all() and (w.grad == 0).all()
 
 
+def test_no_tokens_give_zero_gradients() -> None:
+    """N = 0: no chunk runs, so nothing initialises the weight gradient's buffer from a product; it must be zero."""
+    weight = torch.randn(7, 4, dtype=torch.float64)
+    got = run(linear_cross_entropy, torch.randn(0, 4, dtype=torch.float64), weight, torch.zeros(0, dtype=torch.long))
+    assert got["loss"] == 0 and got["grad_hidden"].shape == (0, 4)
+    assert torch.equal(got["grad_weight"], torch.zeros_like(weight))
+
+
 def test_custom_ignore_index() -> None:
     hidden, weight, targets = make_inputs(30, 25, 4, ignore_every=0)
     targets[::4] = 7  # class 7 is the padding id here

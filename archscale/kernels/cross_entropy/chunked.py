@@ -40,7 +40,7 @@ def auto_chunk_size(grad_weight_dtype: torch.dtype) -> int:
     and written (b bytes per element), i.e. C/b FLOPs per byte. At C = 512·b that is 512, above the ~300 FLOPs per
     byte where an H100 (989 TFLOP/s bf16, 3.35 TB/s) stops being limited by memory, so the accumulation runs at
     GEMM speed; larger chunks only cost memory (C·V logits)."""
-    return 512 * torch.empty((), dtype=grad_weight_dtype).element_size()
+    return 512 * grad_weight_dtype.itemsize
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -151,7 +151,9 @@ def chunked_linear_cross_entropy(
     row_ce = torch.empty(n, dtype=acc_dtype, device=hidden.device)
     row_lse = torch.empty(n, dtype=acc_dtype, device=hidden.device)
     grad_h = torch.empty_like(hidden) if with_grad else None
-    grad_w = torch.empty_like(weight) if with_grad else None  # the first chunk's product initialises it
+    grad_w = None
+    if with_grad:  # the first chunk's product initialises it; with no tokens there is no chunk, and it is zero
+        grad_w = torch.empty_like(weight) if n else torch.zeros_like(weight)
     if use_triton:
         from archscale.kernels.cross_entropy.triton import rows_triton as rows
     else:
