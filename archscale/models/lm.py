@@ -30,6 +30,7 @@ from archscale.kernels.cross_entropy import cross_entropy_from_logits, linear_cr
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.block import Block, make_norm
 from archscale.models.init import InitRule, standard_init
+from archscale.models.linear import Linear
 from archscale.models.mixers.base import AttentionFlops
 from archscale.models.spec import LMSpec
 
@@ -62,7 +63,7 @@ class LanguageModel(nn.Module):
         self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.n_layers))
         self.final_norm = make_norm(spec)
         # Tied: the head reuses the embedding table, so it is no separate parameter (and has no role of its own).
-        self.head = None if spec.tie_embeddings else nn.Linear(spec.n_embd, spec.vocab_size, bias=False)
+        self.head = None if spec.tie_embeddings else Linear(spec.n_embd, spec.vocab_size, bias=False)
         # Recompute every block in the backward pass instead of keeping its activations (Chen et al. 2016,
         # "Training deep nets with sublinear memory cost"): training only; the Trainer sets it from
         # recipe.system.activation_checkpointing.

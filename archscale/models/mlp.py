@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archscale.models.api import ParamRole
+from archscale.models.linear import Linear
 
 
 class SwiGLU(nn.Module):
@@ -20,9 +21,9 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.d_model = d_model
         self.hidden = hidden
-        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+        self.gate_proj = Linear(d_model, hidden, bias=False)
+        self.up_proj = Linear(d_model, hidden, bias=False)
+        self.down_proj = Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

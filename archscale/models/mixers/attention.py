@@ -32,6 +32,7 @@ from torch import nn
 
 from archscale.kernels.attention import attention as attention_kernel
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
+from archscale.models.linear import Linear
 from archscale.models.mixers.base import (
     AttentionFlops,
     Mixer,
@@ -111,10 +112,10 @@ class CausalSelfAttention(Mixer):
         self.scale = ctx.attn_scale if ctx.attn_scale is not None else self.head_dim**-0.5
         d, hk, kvk = ctx.d_model, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         # Separate q/k/v projections (HF Llama layout; each is its own matrix for Muon).
-        self.q_proj = nn.Linear(d, hk, bias=config.qv_bias)
-        self.k_proj = nn.Linear(d, kvk, bias=False)
-        self.v_proj = nn.Linear(d, kvk, bias=config.qv_bias)
-        self.o_proj = nn.Linear(hk, d, bias=config.o_bias)
+        self.q_proj = Linear(d, hk, bias=config.qv_bias)
+        self.k_proj = Linear(d, kvk, bias=False)
+        self.v_proj = Linear(d, kvk, bias=config.qv_bias)
+        self.o_proj = Linear(hk, d, bias=config.o_bias)
 
     @staticmethod
     def dims(ctx: MixerContext, config: AttentionConfig) -> tuple[int, int, int]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from archscale.kernels.attention import attention as attention_kernel
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
+from archscale.models.linear import Linear
 from archscale.models.mixers.attention import attention_dims, attention_kwargs
 from archscale.models.mixers.base import (
     AttentionFlops,
@@ -84,8 +85,8 @@ class CrossAttention(Mixer):
         self.window = config.window
         self.scale = ctx.attn_scale if ctx.attn_scale is not None else self.head_dim**-0.5
         hk = self.n_head * self.head_dim
-        self.q_proj = nn.Linear(ctx.d_model, hk, bias=config.qv_bias)
-        self.o_proj = nn.Linear(hk, ctx.d_model, bias=config.o_bias)
+        self.q_proj = Linear(ctx.d_model, hk, bias=config.qv_bias)
+        self.o_proj = Linear(hk, ctx.d_model, bias=config.o_bias)
         self.diff = DifferentialCore(self.head_dim, ctx.layer_idx, eps=ctx.norm_eps) if config.differential else None
 
     @staticmethod

@@ -43,6 +43,7 @@ from archscale.kernels.short_conv import short_conv
 from archscale.kernels.varlen import compute_dtype
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.gated_norm import GatedRMSNorm
+from archscale.models.linear import Linear
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext
 from archscale.models.mixers.recurrent import (
     RecurrentState,
@@ -104,12 +105,12 @@ class GatedDeltaNet(Mixer):
         d = ctx.d_model
         self.n_head, self.head_k, self.head_v = self.dims(ctx, config)
         H, K, V = self.n_head, self.head_k, self.head_v
-        self.q_proj = nn.Linear(d, H * K, bias=False)
-        self.k_proj = nn.Linear(d, H * K, bias=False)
-        self.v_proj = nn.Linear(d, H * V, bias=False)
-        self.a_proj = nn.Linear(d, H, bias=False)  # decay input
-        self.b_proj = nn.Linear(d, H, bias=False)  # β input
-        self.g_proj = nn.Linear(d, H * V, bias=False)  # output gate
+        self.q_proj = Linear(d, H * K, bias=False)
+        self.k_proj = Linear(d, H * K, bias=False)
+        self.v_proj = Linear(d, H * V, bias=False)
+        self.a_proj = Linear(d, H, bias=False)  # decay input
+        self.b_proj = Linear(d, H, bias=False)  # β input
+        self.g_proj = Linear(d, H * V, bias=False)  # output gate
         self.conv_dim = 2 * H * K + H * V
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, config.d_conv, groups=self.conv_dim, bias=config.conv_bias
@@ -117,7 +118,7 @@ class GatedDeltaNet(Mixer):
         self.A_log = nn.Parameter(torch.empty(H))
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.o_norm = GatedRMSNorm(V, eps=ctx.norm_eps, norm_before_gate=True)
-        self.o_proj = nn.Linear(H * V, d, bias=False)
+        self.o_proj = Linear(H * V, d, bias=False)
         self.reset_parameters()
 
     @staticmethod

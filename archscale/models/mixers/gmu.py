@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
+from archscale.models.linear import Linear
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext, SharedKind
 from archscale.registry import mixers
 
@@ -62,8 +63,8 @@ class GatedMemoryUnit(Mixer):
         self.normalize = config.normalize
         self.norm_groups = config.norm_groups
         self.eps = ctx.norm_eps
-        self.in_proj = nn.Linear(ctx.d_model, self.d_mem, bias=config.bias)  # W1
-        self.out_proj = nn.Linear(self.d_mem, ctx.d_model, bias=config.bias)  # W2
+        self.in_proj = Linear(ctx.d_model, self.d_mem, bias=config.bias)  # W1
+        self.out_proj = Linear(self.d_mem, ctx.d_model, bias=config.bias)  # W2
         self.norm_weight = nn.Parameter(torch.ones(self.d_mem)) if config.normalize else None
 
     @staticmethod

@@ -37,6 +37,7 @@ from archscale.kernels.selective_scan import selective_scan
 from archscale.kernels.short_conv import short_conv
 from archscale.kernels.varlen import compute_dtype
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
+from archscale.models.linear import Linear
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext
 from archscale.models.mixers.recurrent import (
     RecurrentState,
@@ -76,15 +77,15 @@ class Mamba(Mixer):
         d = ctx.d_model
         self.d_inner, self.dt_rank = self.dims(ctx, config)
         di, N = self.d_inner, config.d_state
-        self.in_proj = nn.Linear(d, 2 * di, bias=False)
+        self.in_proj = Linear(d, 2 * di, bias=False)
         # Parameter layout of nn.Conv1d (weight (di, 1, d_conv)); the convolution itself is short_conv.
         self.conv1d = nn.Conv1d(di, di, config.d_conv, groups=di, bias=config.conv_bias)
-        self.x_proj = nn.Linear(di, self.dt_rank + 2 * N, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, di, bias=False)
+        self.x_proj = Linear(di, self.dt_rank + 2 * N, bias=False)
+        self.dt_proj = Linear(self.dt_rank, di, bias=False)
         self.dt_bias = nn.Parameter(torch.empty(di))
         self.A_log = nn.Parameter(torch.empty(di, N))
         self.D = nn.Parameter(torch.empty(di))
-        self.out_proj = nn.Linear(di, d, bias=False)
+        self.out_proj = Linear(di, d, bias=False)
         self.reset_parameters()
 
     @staticmethod

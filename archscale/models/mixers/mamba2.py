@@ -37,6 +37,7 @@ from archscale.kernels.ssd import ssd
 from archscale.kernels.varlen import compute_dtype
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.gated_norm import GatedRMSNorm
+from archscale.models.linear import Linear
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext
 from archscale.models.mixers.recurrent import (
     RecurrentState,
@@ -88,7 +89,7 @@ class Mamba2(Mixer):
         self.d_inner, self.n_head = self.dims(ctx, config)
         di, H, G, N = self.d_inner, self.n_head, config.n_groups, config.d_state
         self.conv_dim = di + 2 * G * N
-        self.in_proj = nn.Linear(d, 2 * di + 2 * G * N + H, bias=False)  # [z, x, B, C, dt]
+        self.in_proj = Linear(d, 2 * di + 2 * G * N + H, bias=False)  # [z, x, B, C, dt]
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, config.d_conv, groups=self.conv_dim, bias=config.conv_bias
         )
@@ -96,7 +97,7 @@ class Mamba2(Mixer):
         self.A_log = nn.Parameter(torch.empty(H))
         self.D = nn.Parameter(torch.empty(H))
         self.norm = GatedRMSNorm(di, group_size=di // G, eps=ctx.norm_eps, norm_before_gate=False)
-        self.out_proj = nn.Linear(di, d, bias=False)
+        self.out_proj = Linear(di, d, bias=False)
         self.reset_parameters()
 
     @staticmethod

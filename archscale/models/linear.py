@@ -1,0 +1,75 @@
+"""``nn.Linear`` whose weight gradient comes out of the matrix product in float32 under autocast.
+
+Mixed precision keeps float32 master weights and runs the products in bf16 (Micikevicius et al. 2018). Under
+``torch.autocast``, ``F.linear`` casts the weight to bf16, so autograd computes dL/dW as a bf16 product and then
+casts it back to float32: the gradient is rounded to 8 mantissa bits before it reaches the optimizer, and the cast
+is an extra pass over every weight gradient (write bf16, read it, write float32: on an H100 ~3 ms of a 231 ms
+Transformer++ d16 step, benchmarks/RESULTS.md). Megatron-LM avoids both by having the weight-gradient GEMM write
+float32 directly ("gradient accumulation fusion", Narayanan et al. 2021); cuBLAS accumulates in float32 anyway,
+so this costs nothing. PyTorch exposes that product as ``torch.mm(a, b, out_dtype=torch.float32)`` on CUDA.
+
+:class:`Linear` is a drop-in subclass of ``nn.Linear`` (same parameters, init, state dict, ``isinstance``): outside
+autocast, or with non-float32 weights, it is ``F.linear``; inside, the forward is exactly autocast's (both operands
+cast to the autocast dtype) and the backward returns dL/dW (and dL/db) in float32 from the product itself. Off CUDA
+the float32-output product does not exist and the gradient is the autocast one (bf16 product, then cast).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Linear"]
+
+
+def _weight_grad(grad_out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """dL/dW = grad_outᵀ · inputs over all leading dims, in float32: written so by the product on CUDA."""
+    g = grad_out.reshape(-1, grad_out.shape[-1])
+    x = inputs.reshape(-1, inputs.shape[-1])
+    if g.is_cuda:
+        return torch.mm(g.t(), x, out_dtype=torch.float32)
+    return torch.mm(g.t(), x).float()
+
+
+class _AutocastLinear(torch.autograd.Function):
+    """y = x·Wᵀ + b computed in ``dtype``; dL/dW and dL/db returned in the parameters' float32."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        xc, wc = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(xc, wc)
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return F.linear(xc, wc, None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xc, wc = ctx.saved_tensors
+        grad_out = grad_out.to(wc.dtype)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (grad_out @ wc).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            dw = _weight_grad(grad_out, xc)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32)
+        return dx, dw, db, None
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with float32 weight gradients written by the product itself under autocast (see module)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if (self.weight.dtype == torch.float32 and torch.is_autocast_enabled(device)
+                and torch.is_grad_enabled() and self.weight.requires_grad):
+            dtype = torch.get_autocast_dtype(device)
+            if dtype != torch.float32:
+                # The function runs its own casts: without this, autocast would re-enter F.linear inside it.
+                with torch.autocast(device, enabled=False):
+                    return _AutocastLinear.apply(x, self.weight, self.bias, dtype)
+        return F.linear(x, self.weight, self.bias)

@@ -1,0 +1,114 @@
+"""archscale's Linear: autocast's forward, float32 weight gradients from the product itself (on CUDA).
+
+Off CUDA the float32-output product does not exist, so there the gradients must equal ``nn.Linear``'s under
+autocast exactly; on CUDA dL/dW must be the float32 product of the bf16 operands (no bf16 rounding), which the
+GPU test tells apart from autocast's rounded gradient by its error against a float64 product.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from archscale.models.lm import build_model
+from archscale.models.linear import Linear
+from archscale.registry import architectures
+
+
+def _pair(bias: bool, device: str = "cpu") -> tuple[nn.Linear, Linear]:
+    torch.manual_seed(0)
+    ref = nn.Linear(96, 40, bias=bias, device=device)  # awkward sizes: no multiple of 16 on the output side
+    new = Linear(96, 40, bias=bias, device=device)
+    new.load_state_dict(ref.state_dict())
+    return ref, new
+
+
+def _run(module: nn.Module, x: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, ...]:
+    x = x.detach().clone().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    torch.manual_seed(1)
+    (y.float() * torch.randn(y.shape, device=x.device)).sum().backward()
+    grads = [x.grad, module.weight.grad] + ([module.bias.grad] if module.bias is not None else [])
+    return (y, *grads)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_autocast_matches_nn_linear(bias: bool) -> None:
+    ref, new = _pair(bias)
+    x = torch.randn(3, 7, 96)
+    expected, got = _run(ref, x, autocast=True), _run(new, x, autocast=True)
+    for e, g in zip(expected[:3], got[:3]):  # output, dL/dx, dL/dW: the same operations, bitwise
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    assert got[2].dtype == torch.float32  # the parameter's dtype, as the optimizer expects
+    if bias:  # summed in float32 here, in bf16 then cast by autocast: the float64 sum decides which is closer
+        g_out = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        exact = g_out.double().sum((0, 1))
+        assert got[3].dtype == torch.float32
+        assert (got[3].double() - exact).abs().max() <= (expected[3].double() - exact).abs().max()
+
+
+def test_without_autocast_it_is_f_linear() -> None:
+    ref, new = _pair(bias=True)
+    x = torch.randn(5, 96)
+    for e, g in zip(_run(ref, x, autocast=False), _run(new, x, autocast=False)):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference under autocast: plain F.linear
+        torch.testing.assert_close(new(x), ref(x), rtol=0, atol=0)
+
+
+def test_compiled_matches_eager() -> None:
+    _, new = _pair(bias=True)
+    x = torch.randn(2, 9, 96)
+    eager = _run(new, x, autocast=True)
+    compiled = _run(torch.compile(new, fullgraph=True), x, autocast=True)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=1e-2, atol=1e-2)
+
+
+def test_every_projection_of_every_family_is_archscale_linear() -> None:
+    """A model that built a plain nn.Linear would silently lose the float32 weight gradients."""
+    for family in architectures.names():
+        params = {"pattern": "mamba swa128 mamba* attn gmu yoco"} if family == "pattern" else {"depth": 8}
+        config = architectures.config_model(family).model_validate({} if family == "phi4miniflash" else params)
+        with torch.device("meta"):
+            model = build_model(architectures.get(family)(config))
+        plain = [name for name, mod in model.named_modules() if type(mod) is nn.Linear]
+        assert not plain, f"{family}: {plain} are nn.Linear, not archscale.models.linear.Linear"
+        assert any(isinstance(mod, Linear) for mod in model.modules())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_weight_grad_is_the_float32_product(compiled: bool) -> None:
+    """dL/dW = Σ_t g_t x_tᵀ of the bf16 operands, to float32 accuracy; autocast's nn.Linear rounds it to bf16."""
+    torch.manual_seed(0)
+    ref = nn.Linear(1000, 520, bias=True, device="cuda")
+    new = Linear(1000, 520, bias=True, device="cuda")
+    new.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 777, 1000, device="cuda")
+    g = torch.randn(4, 777, 520, device="cuda").to(torch.bfloat16)
+
+    def grads(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        module.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = module(xx)
+        y.backward(g)
+        return xx.grad, module.weight.grad, module.bias.grad
+
+    run = torch.compile(new, fullgraph=True) if compiled else new
+    dx_ref, dw_ref, db_ref = grads(ref)
+    dx, dw, db = grads(run)
+    xb = x.to(torch.bfloat16).double().flatten(0, 1)
+    exact_dw = g.double().flatten(0, 1).t() @ xb
+    err_new = ((dw.double() - exact_dw).abs().max() / exact_dw.abs().max()).item()
+    err_ref = ((dw_ref.double() - exact_dw).abs().max() / exact_dw.abs().max()).item()
+    assert dw.dtype == torch.float32
+    assert err_new < 1e-5, err_new  # float32 accumulation of 3 108 products
+    assert err_ref > 10 * err_new, (err_ref, err_new)  # the bf16-rounded gradient is measurably worse
+    torch.testing.assert_close(dx, dx_ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(db, db_ref, rtol=2e-2, atol=2e-2)
