@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "fused_projections"]
 
 
 def _weight_grad(grad_out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -60,16 +60,38 @@ class _AutocastLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    device = x.device.type
+    if (weight.dtype == torch.float32 and torch.is_autocast_enabled(device)
+            and torch.is_grad_enabled() and weight.requires_grad):
+        dtype = torch.get_autocast_dtype(device)
+        if dtype != torch.float32:
+            # The function runs its own casts: without this, autocast would re-enter F.linear inside it.
+            with torch.autocast(device, enabled=False):
+                return _AutocastLinear.apply(x, weight, bias, dtype)
+    return F.linear(x, weight, bias)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` with float32 weight gradients written by the product itself under autocast (see module)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device.type
-        if (self.weight.dtype == torch.float32 and torch.is_autocast_enabled(device)
-                and torch.is_grad_enabled() and self.weight.requires_grad):
-            dtype = torch.get_autocast_dtype(device)
-            if dtype != torch.float32:
-                # The function runs its own casts: without this, autocast would re-enter F.linear inside it.
-                with torch.autocast(device, enabled=False):
-                    return _AutocastLinear.apply(x, self.weight, self.bias, dtype)
-        return F.linear(x, self.weight, self.bias)
+        return _linear(x, self.weight, self.bias)
+
+
+def fused_projections(x: torch.Tensor, *projections: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """``tuple(p(x) for p in projections)`` as one matrix product with the weights stacked along the outputs.
+
+    Attention's k and v projections are narrow (GQA: d → Hkv·K, e.g. 2048 → 512), and a narrow product keeps the
+    GPU less busy than one wide one; stacked, q/k/v are one (d → (H + 2·Hkv)·K) product, forward and backward (as
+    fused-QKV models do), while the parameters stay separate matrices (their own μP roles and Muon updates). The
+    stack is rebuilt every call: under ``torch.compile`` it fuses into the weight cast that autocast needs anyway,
+    and the weight gradient is one float32 product whose row blocks are the parameters' gradients.
+    """
+    weight = torch.cat([p.weight for p in projections])
+    biases = [p.bias for p in projections]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b if b is not None else p.weight.new_zeros(p.out_features)
+                          for b, p in zip(biases, projections)])
+    return _linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from archscale.models.lm import build_model
-from archscale.models.linear import Linear
+from archscale.models.linear import Linear, fused_projections
 from archscale.registry import architectures
 
 
@@ -67,6 +67,32 @@ def test_compiled_matches_eager() -> None:
     compiled = _run(torch.compile(new, fullgraph=True), x, autocast=True)
     for e, c in zip(eager, compiled):
         torch.testing.assert_close(c, e, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("biases", [(False, False, False), (True, False, True)])
+def test_fused_projections_equal_separate_ones(autocast: bool, biases: tuple[bool, ...]) -> None:
+    torch.manual_seed(0)
+    projs = [Linear(48, n, bias=b) for n, b in zip((32, 8, 8), biases)]
+    for p in projs:
+        if p.bias is not None:
+            nn.init.normal_(p.bias)
+    x = torch.randn(2, 5, 48)
+    outs = []
+    for fused in (False, True):
+        xx = x.clone().requires_grad_(True)
+        for p in projs:
+            p.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            ys = fused_projections(xx, *projs) if fused else tuple(p(xx) for p in projs)
+        torch.manual_seed(1)
+        sum((y.float() * torch.randn(y.shape)).sum() for y in ys).backward()
+        outs.append((*ys, xx.grad, *(t.grad for p in projs for t in p.parameters())))
+    assert [y.shape for y in outs[1][:3]] == [(2, 5, 32), (2, 5, 8), (2, 5, 8)]
+    tol = 2e-2 if autocast else 1e-5
+    for sep, fus in zip(*outs):
+        assert fus.dtype == sep.dtype
+        torch.testing.assert_close(fus, sep, rtol=tol, atol=tol)
 
 
 def test_every_projection_of_every_family_is_archscale_linear() -> None:

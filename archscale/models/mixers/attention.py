@@ -32,7 +32,7 @@ from torch import nn
 
 from archscale.kernels.attention import attention as attention_kernel
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
-from archscale.models.linear import Linear
+from archscale.models.linear import Linear, fused_projections
 from archscale.models.mixers.base import (
     AttentionFlops,
     Mixer,
@@ -134,9 +134,10 @@ class CausalSelfAttention(Mixer):
     ) -> tuple[torch.Tensor, KVCache | None]:
         B, T, _ = x.shape
         H, Hkv, K = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_proj(x).view(B, T, H, K)  # (B, T, H, K)
-        k = self.k_proj(x).view(B, T, Hkv, K)  # (B, T, Hkv, K)
-        v = self.v_proj(x).view(B, T, Hkv, K)
+        q, k, v = fused_projections(x, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(B, T, H, K)  # (B, T, H, K)
+        k = k.view(B, T, Hkv, K)  # (B, T, Hkv, K)
+        v = v.view(B, T, Hkv, K)
         if self.use_rope:
             cos, sin = rope_cos_sin(seq.position_ids, K, self.rope_base)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
