@@ -99,7 +99,7 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
         model = LossOf(counter, plain=False).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
-    step_fn = torch.compile(model) if not args.no_compile else model
+    step_fn = torch.compile(model, mode=args.compile_mode) if not args.no_compile else model
 
     B = args.batch
     if varlen:
@@ -154,6 +154,7 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else 0.0,
         "final_loss": round(float(loss), 4),
         "warmup_s": round(t_compile, 1),
+        "compile_mode": None if args.no_compile else (args.compile_mode or "default"),
     }
     if args.profile and cuda:
         from step_profile import profile_steps
@@ -181,6 +182,9 @@ def main() -> None:
     p.add_argument("--doc-max", type=int, default=6144)
     p.add_argument("--layouts", type=int, default=4, help="distinct document layouts cycled with --varlen")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                                                              "max-autotune-no-cudagraphs"],
+                   help="torch.compile's mode (max-autotune: inductor benchmarks its matmul templates against cuBLAS)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile this many steps and print GPU time by kernel category")
     p.add_argument("--device", default="cuda", help="cuda (what the numbers are for) or cpu (a smoke test only)")
