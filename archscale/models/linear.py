@@ -86,8 +86,12 @@ def fused_projections(x: torch.Tensor, *projections: nn.Linear) -> tuple[torch.T
     GPU less busy than one wide one; stacked, q/k/v are one (d → (H + 2·Hkv)·K) product, forward and backward (as
     fused-QKV models do), while the parameters stay separate matrices (their own μP roles and Muon updates). The
     stack is rebuilt every call: under ``torch.compile`` it fuses into the weight cast that autocast needs anyway,
-    and the weight gradient is one float32 product whose row blocks are the parameters' gradients.
+    and the weight gradient is one float32 product whose row blocks are the parameters' gradients. Without
+    gradients (evaluation, generation) the stack would be a copy of the weights per call for nothing: the
+    projections then run separately.
     """
+    if not torch.is_grad_enabled():
+        return tuple(p(x) for p in projections)
     weight = torch.cat([p.weight for p in projections])
     biases = [p.bias for p in projections]
     bias = None

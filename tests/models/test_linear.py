@@ -89,6 +89,9 @@ def test_fused_projections_equal_separate_ones(autocast: bool, biases: tuple[boo
         sum((y.float() * torch.randn(y.shape)).sum() for y in ys).backward()
         outs.append((*ys, xx.grad, *(t.grad for p in projs for t in p.parameters())))
     assert [y.shape for y in outs[1][:3]] == [(2, 5, 32), (2, 5, 8), (2, 5, 8)]
+    with torch.no_grad():  # separate products then: bitwise the modules' own outputs
+        for y, p in zip(fused_projections(x, *projs), projs):
+            torch.testing.assert_close(y, p(x), rtol=0, atol=0)
     tol = 2e-2 if autocast else 1e-5
     for sep, fus in zip(*outs):
         assert fus.dtype == sep.dtype
