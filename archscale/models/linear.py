@@ -43,7 +43,7 @@ class _AutocastLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         xc, wc = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(xc, wc)
-        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        ctx.x_dtype = x.dtype
         return F.linear(xc, wc, None if bias is None else bias.to(dtype))
 
     @staticmethod
@@ -55,7 +55,7 @@ class _AutocastLinear(torch.autograd.Function):
             dx = (grad_out @ wc).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             dw = _weight_grad(grad_out, xc)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False for an absent bias
             db = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32)
         return dx, dw, db, None
 
