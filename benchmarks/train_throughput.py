@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_plain import PlainLM  # noqa: E402
+from gpu_clocks import ClockSampler  # noqa: E402
 
 PEAK_BF16 = 989e12
 
@@ -133,11 +134,12 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
     t_compile = time.perf_counter() - t_compile
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        loss = step(i)
-    sync()
-    dt = time.perf_counter() - t0
+    with ClockSampler(enabled=cuda) as clocks:
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            loss = step(i)
+        sync()
+        dt = time.perf_counter() - t0
     tok_s = B * T * args.steps / dt
     flops = sum(step_flops[i % len(step_flops)] for i in range(args.steps))
     out = {
@@ -155,6 +157,7 @@ def measure(name: str, varlen: bool, args: argparse.Namespace) -> dict[str, Any]
         "final_loss": round(float(loss), 4),
         "warmup_s": round(t_compile, 1),
         "compile_mode": None if args.no_compile else (args.compile_mode or "default"),
+        **clocks.summary(),  # the card's SM clock and power over the timed steps: a power-capped card slows down
     }
     if args.profile and cuda:
         from step_profile import profile_steps
@@ -211,11 +214,12 @@ def main() -> None:
     first = runs[0]
     base = [r["tok_per_s"] for r in results if (r["model"], r["mode"]) == first]
     print(f"\n{'model':<12} {'mode':>6} {'depth':>5} {'B×T':>10} {'tok/s':>10} {'MFU':>6} {'mem GiB':>8} "
-          f"{'vs ' + '/'.join(first):>18}")
+          f"{'vs ' + '/'.join(first):>18} {'SM MHz':>7} {'W':>5}")
     for r in results:
         ratio = r["tok_per_s"] / (sum(base) / len(base))
         print(f"{r['model']:<12} {r['mode']:>6} {r['depth']:>5} {str(r['batch']) + '×' + str(r['seq_len']):>10} "
-              f"{r['tok_per_s']:>10} {r['mfu']:>6.1%} {r['peak_mem_gib']:>8} {ratio:>18.3f}")
+              f"{r['tok_per_s']:>10} {r['mfu']:>6.1%} {r['peak_mem_gib']:>8} {ratio:>18.3f} "
+              f"{r.get('sm_clock_mhz') or '-':>7} {r.get('power_w') or '-':>5}")
     for r in results:
         if "profile" in r:
             from step_profile import format_profile

@@ -74,10 +74,22 @@ def test_step_profile_classifies_kernel_names() -> None:
         "some_other_kernel": "other",
     }
     assert {n: classify(n) for n in names} == names
-    text = format_profile("m dense", {"wall_ms": 10.0, "kernel_ms": 9.0, "gap_ms": 1.0,
+    text = format_profile("m dense", {"wall_ms": 10.0, "kernel_ms": 9.0, "gap_ms": 1.0, "launches": 7,
+                                      "idle_short_ms": 0.25, "idle_long_ms": 0.5,
                                       "categories_ms": {"matmul": 6.0, "attention": 3.0},
                                       "top_kernels_ms": [("gemm", 6.0)]})
     assert "gap 1.0 ms (10.0%)" in text and "matmul" in text and "60.0%" in text
+    assert "7 kernel launches" in text and "0.2 ms in gaps < 20" in text and "0.5 ms in longer" in text
+
+
+def test_step_profile_idle_gaps_split_short_from_long_and_count_overlap_once() -> None:
+    from step_profile import idle_gaps
+
+    # kernels at [0, 10], [12, 20] (gap 2), [15, 30] overlapping, [100, 110] (gap 70), [105, 108] inside it
+    spans = [(100.0, 110.0), (0.0, 10.0), (15.0, 30.0), (12.0, 20.0), (105.0, 108.0)]
+    assert idle_gaps(spans) == (2.0, 70.0)
+    assert idle_gaps(spans, short_us=100.0) == (72.0, 0.0)
+    assert idle_gaps([]) == (0.0, 0.0)
 
 
 def test_throughput_profile_off_cuda_is_refused_with_the_reason() -> None:
@@ -135,3 +147,39 @@ def test_scan_backward_variants_do_not_spill_registers() -> None:
     for variant, r in backward.items():
         assert r["spill_stores"] == r["spill_loads"] == 0, f"{variant}: {r} (Triton {triton.__version__})"
         assert 0 < r["registers"] <= 255
+
+
+def test_clock_samples_parse_and_summarize() -> None:
+    from gpu_clocks import ClockSampler, parse_samples, summarize
+
+    text = "1980, 650.12, 61\n1755, 699.50, 67\n[N/A], 10, 3\n1830, 690.00, 66\n17"
+    samples = parse_samples(text)
+    assert samples == [(1980.0, 650.12, 61.0), (1755.0, 699.5, 67.0), (1830.0, 690.0, 66.0)]
+    assert summarize(samples) == {"sm_clock_mhz": 1830, "sm_clock_min_mhz": 1755, "power_w": 690, "temp_c": 67,
+                                  "clock_samples": 3}
+    assert summarize([]) == {}
+    with ClockSampler(enabled=False) as c:  # off (no GPU): nothing started, an empty summary
+        pass
+    assert c.summary() == {}
+
+
+def test_matmul_by_shape_reads_the_operands_of_mm_out_and_addmm() -> None:
+    """Inductor calls mm with out= (the output's shape comes last) and addmm with the added input first."""
+    from types import SimpleNamespace as NS
+
+    from step_profile import matmul_by_shape
+
+    kern = lambda us: NS(name="nvjet_sm90_tst_256x128", duration=us)  # noqa: E731
+    events = [
+        NS(name="aten::mm", input_shapes=[[4096, 2048], [2048, 512], [4096, 512]], kernels=[kern(100.0)]),
+        NS(name="aten::mm", input_shapes=[[4096, 2048], [2048, 512], [4096, 512]], kernels=[kern(300.0)]),
+        NS(name="aten::addmm", input_shapes=[[512], [64, 32], [32, 16], [], []], kernels=[kern(1.0)]),
+        NS(name="aten::mm", input_shapes=[[8, 8], [8, 8]], kernels=[]),  # launched nothing itself
+        NS(name="aten::add", input_shapes=[[8], [8]], kernels=[kern(5.0)]),  # not a product
+    ]
+    rows = matmul_by_shape(NS(events=lambda: events), steps=2)
+    assert [(r["op"], r["a"], r["b"]) for r in rows] == [("aten::mm", [4096, 2048], [2048, 512]),
+                                                         ("aten::addmm", [64, 32], [32, 16])]
+    mm = rows[0]
+    assert mm["calls"] == 1 and mm["ms"] == 0.2  # 400 µs over 2 steps
+    assert mm["tflops"] == round(2 * 2 * 4096 * 2048 * 512 / 400e-6 / 1e12)
