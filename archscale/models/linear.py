@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "fused_projections"]
+__all__ = ["Linear", "fused_projections", "stacked_projection"]
 
 
 def _weight_grad(grad_out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -79,23 +79,28 @@ class Linear(nn.Linear):
         return _linear(x, self.weight, self.bias)
 
 
-def fused_projections(x: torch.Tensor, *projections: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """``tuple(p(x) for p in projections)`` as one matrix product with the weights stacked along the outputs.
-
-    Attention's k and v projections are narrow (GQA: d → Hkv·K, e.g. 2048 → 512), and a narrow product keeps the
-    GPU less busy than one wide one; stacked, q/k/v are one (d → (H + 2·Hkv)·K) product, forward and backward (as
-    fused-QKV models do), while the parameters stay separate matrices (their own μP roles and Muon updates). The
-    stack is rebuilt every call: under ``torch.compile`` it fuses into the weight cast that autocast needs anyway,
-    and the weight gradient is one float32 product whose row blocks are the parameters' gradients. Without
-    gradients (evaluation, generation) the stack would be a copy of the weights per call for nothing: the
-    projections then run separately.
-    """
-    if not torch.is_grad_enabled():
-        return tuple(p(x) for p in projections)
+def stacked_projection(x: torch.Tensor, *projections: nn.Linear) -> torch.Tensor:
+    """``torch.cat([p(x) for p in projections], -1)`` as one matrix product with the weights stacked along the
+    outputs: the parameters stay separate matrices (their own μP roles and Muon updates) and the stack is rebuilt
+    every call. Under ``torch.compile`` it fuses into the weight cast that autocast needs anyway, and the weight
+    gradient is one float32 product whose row blocks are the parameters' gradients."""
     weight = torch.cat([p.weight for p in projections])
     biases = [p.bias for p in projections]
     bias = None
     if any(b is not None for b in biases):
         bias = torch.cat([b if b is not None else p.weight.new_zeros(p.out_features)
                           for b, p in zip(biases, projections)])
-    return _linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+    return _linear(x, weight, bias)
+
+
+def fused_projections(x: torch.Tensor, *projections: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """``tuple(p(x) for p in projections)`` as one matrix product (:func:`stacked_projection`), split.
+
+    Attention's k and v projections are narrow (GQA: d → Hkv·K, e.g. 2048 → 512), and a narrow product keeps the
+    GPU less busy than one wide one; stacked, q/k/v are one (d → (H + 2·Hkv)·K) product, forward and backward (as
+    fused-QKV models do). Without gradients (evaluation, generation) the stack would be a copy of the weights per
+    call for nothing: the projections then run separately.
+    """
+    if not torch.is_grad_enabled():
+        return tuple(p(x) for p in projections)
+    return stacked_projection(x, *projections).split([p.out_features for p in projections], dim=-1)
