@@ -83,7 +83,11 @@ def stacked_projection(x: torch.Tensor, *projections: nn.Linear) -> torch.Tensor
     """``torch.cat([p(x) for p in projections], -1)`` as one matrix product with the weights stacked along the
     outputs: the parameters stay separate matrices (their own μP roles and Muon updates) and the stack is rebuilt
     every call. Under ``torch.compile`` it fuses into the weight cast that autocast needs anyway, and the weight
-    gradient is one float32 product whose row blocks are the parameters' gradients."""
+    gradient is one float32 product whose row blocks are the parameters' gradients. Without gradients (evaluation,
+    generation) stacking would copy the weights per call for nothing: the products then run separately and their
+    outputs are concatenated."""
+    if not torch.is_grad_enabled():
+        return torch.cat([p(x) for p in projections], dim=-1)
     weight = torch.cat([p.weight for p in projections])
     biases = [p.bias for p in projections]
     bias = None

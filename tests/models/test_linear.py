@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from archscale.models.lm import build_model
-from archscale.models.linear import Linear, fused_projections
+from archscale.models.linear import Linear, fused_projections, stacked_projection
 from archscale.registry import architectures
 
 
@@ -96,6 +96,23 @@ def test_fused_projections_equal_separate_ones(autocast: bool, biases: tuple[boo
     for sep, fus in zip(*outs):
         assert fus.dtype == sep.dtype
         torch.testing.assert_close(fus, sep, rtol=tol, atol=tol)
+
+
+def test_stacked_projection_is_the_concatenation_with_and_without_gradients() -> None:
+    torch.manual_seed(0)
+    projs = [Linear(20, n, bias=b) for n, b in ((12, False), (5, True), (9, False))]
+    x = torch.randn(3, 4, 20, requires_grad=True)
+    want = torch.cat([p(x) for p in projs], dim=-1)
+    got = stacked_projection(x, *projs)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    g = torch.randn(want.shape)
+    grads = [torch.autograd.grad((y * g).sum(), [x, *(t for p in projs for t in p.parameters())])
+             for y in (want, got)]
+    for w, s in zip(*grads):
+        torch.testing.assert_close(s, w, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the products run separately then: bitwise the concatenation of the modules' outputs
+        torch.testing.assert_close(stacked_projection(x, *projs), torch.cat([p(x) for p in projs], -1),
+                                   rtol=0, atol=0)
 
 
 def test_every_projection_of_every_family_is_archscale_linear() -> None:

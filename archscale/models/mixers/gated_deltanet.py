@@ -43,7 +43,7 @@ from archscale.kernels.short_conv import short_conv
 from archscale.kernels.varlen import compute_dtype
 from archscale.models.api import CrossLayer, ParamRole, SeqInfo
 from archscale.models.gated_norm import GatedRMSNorm
-from archscale.models.linear import Linear
+from archscale.models.linear import Linear, stacked_projection
 from archscale.models.mixers.base import AttentionFlops, Mixer, MixerContext
 from archscale.models.mixers.recurrent import (
     RecurrentState,
@@ -146,7 +146,7 @@ class GatedDeltaNet(Mixer):
         Bsz, T, _ = x.shape
         H, K, V = self.n_head, self.head_k, self.head_v
 
-        qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)  # (B, T, 2HK + HV)
+        qkv = stacked_projection(x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, 2HK + HV): one product
         qkv, conv_state = short_conv(
             qkv, self.conv1d.weight[:, 0], self.conv1d.bias, "silu", conv_state, seq.cu_seqlens, want_state
         )
