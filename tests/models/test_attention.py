@@ -159,3 +159,26 @@ def test_attended_keys_conventions() -> None:
     assert attended_keys(100, 10, "dense") == 10
     assert attended_keys(100, 10, "causal") == pytest.approx((55 + 90 * 10) / 100)
     assert attended_keys(5, 10, "causal") == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_saved_tensors_do_not_keep_the_stacked_qkv_product_alive(compiled: bool) -> None:
+    """q/k/v come out of one product; v must not stay a view of it, or attention's saved v holds the whole stack
+    (H + 2·Hkv heads wide) until the backward. Checked on the storages autograd actually keeps."""
+    torch.manual_seed(0)
+    mixer = make(n_head=4, n_kv_head=1, head_dim=16).float()  # stack 96 wide; d_model 48, q 64, k/v 16
+    B, T = 2, 9
+    stack_bytes = B * T * (4 + 2 * 1) * 16 * 4
+    x = torch.randn(B, T, D, requires_grad=True)
+    run = torch.compile(mixer, backend="aot_eager") if compiled else mixer
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, _ = run(x, SeqInfo.dense(B, T))
+    assert kept and stack_bytes not in kept.values(), sorted(kept.values())
+    y.sum().backward()  # and the gradients still flow through the copy
+    assert x.grad is not None and mixer.v_proj.weight.grad is not None and mixer.v_proj.weight.grad.abs().sum() > 0

@@ -137,7 +137,10 @@ class CausalSelfAttention(Mixer):
         q, k, v = fused_projections(x, self.q_proj, self.k_proj, self.v_proj)
         q = q.view(B, T, H, K)  # (B, T, H, K)
         k = k.view(B, T, Hkv, K)  # (B, T, Hkv, K)
-        v = v.view(B, T, Hkv, K)
+        # v is a view into the stacked q/k/v product, and attention saves v for its backward: the view would keep
+        # the whole stack alive until then (Transformer++ d16: 80 MiB a layer, +1.25 GiB peak on the H100,
+        # benchmarks/RESULTS.md). A copy of v alone (16 MiB) lets the stack go once RoPE has read q and k.
+        v = v.contiguous().view(B, T, Hkv, K)
         if self.use_rope:
             cos, sin = rope_cos_sin(seq.position_ids, K, self.rope_base)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
