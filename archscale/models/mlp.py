@@ -6,7 +6,7 @@ block's output projection (scaled-down init, REFERENCE §4.6).
 In training, gate and up run as one product with their weights stacked (``stacked_projection``; the parameters stay
 two matrices for μP roles and Muon), as fused-MLP implementations do: one product instead of two in each of the
 forward, dL/dx and dL/dW passes, and no sum of two dL/dx products. Measured on an H200 (benchmarks/RESULTS.md,
-2026-12-06, fourth session): +1.0-1.2% tok/s for Transformer++ d6 at T 1024, +0.3% at d16 T 4096 (H100).
+2026-12-06, fourth session): +0.9-1.3% tok/s for Transformer++ d6 at T 1024, +0.3% at d16 T 4096 (H100).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class _SwiGLUOfStacked(torch.autograd.Function):
 
     Autograd's own backward of ``h.chunk(2)`` concatenates dL/dg and dL/du, and under torch.compile that cost a
     second pass over the (N, 2·hidden) gradient (Transformer++ d16: SwiGLU's backward 10.3 ms instead of 5.0 ms,
-    H200, benchmarks/RESULTS.md 2026-12-05). Here the backward is one elementwise expression over h viewed as
+    H200, benchmarks/RESULTS.md 2026-12-04). Here the backward is one elementwise expression over h viewed as
     (N, 2, hidden), each element taking its half's formula, so inductor writes dL/dh in one kernel that reads h and
     dL/dy once (7.1 ms, against 7.0 ms for the separate products' backward in the same H100 call).
     """
