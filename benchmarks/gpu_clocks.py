@@ -42,7 +42,7 @@ def summarize(samples: list[tuple[float, float, float]]) -> dict[str, float]:
 class ClockSampler:
     """``with ClockSampler() as c: ...`` then ``c.summary()``: median SM clock and power over the block."""
 
-    def __init__(self, enabled: bool = True, period_ms: int = 100, device: int | None = None) -> None:
+    def __init__(self, enabled: bool = True, period_ms: int = 100, device: int | str | None = None) -> None:
         self.period_ms = period_ms
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
         self.device = device if device is not None else (visible if visible.isdigit() else "0")

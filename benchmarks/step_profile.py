@@ -49,10 +49,10 @@ def gpu_kernels(prof: torch.profiler.profile) -> list:
             if evt.device_type == torch.autograd.DeviceType.CUDA and not getattr(evt, "is_user_annotation", False)]
 
 
-def kernel_times(prof: torch.profiler.profile) -> dict[str, float]:
-    """Total microseconds of each CUDA kernel name in a finished profile."""
+def kernel_times(kernels: list) -> dict[str, float]:
+    """Total microseconds of each CUDA kernel name among ``gpu_kernels(prof)``."""
     totals: dict[str, float] = defaultdict(float)
-    for evt in gpu_kernels(prof):
+    for evt in kernels:
         totals[evt.name] += evt.time_range.elapsed_us()
     return dict(totals)
 
@@ -116,8 +116,9 @@ def profile_steps(step: Callable[[int], object], steps: int) -> dict:
             step(i)
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1e3 / steps
-    kernels = {k: v / 1e3 / steps for k, v in kernel_times(prof).items()}
-    short_gaps, long_gaps = idle_gaps([(e.time_range.start, e.time_range.end) for e in gpu_kernels(prof)])
+    launched = gpu_kernels(prof)  # one pass over the profile's events; the numbers below all read this list
+    kernels = {k: v / 1e3 / steps for k, v in kernel_times(launched).items()}
+    short_gaps, long_gaps = idle_gaps([(e.time_range.start, e.time_range.end) for e in launched])
     by_category: dict[str, float] = defaultdict(float)
     for name, ms in kernels.items():
         by_category[classify(name)] += ms
@@ -127,7 +128,7 @@ def profile_steps(step: Callable[[int], object], steps: int) -> dict:
         "wall_ms": round(wall_ms, 2),
         "kernel_ms": round(busy, 2),
         "gap_ms": round(wall_ms - busy, 2),
-        "launches": round(len(gpu_kernels(prof)) / steps),
+        "launches": round(len(launched) / steps),
         "idle_short_ms": round(short_gaps / 1e3 / steps, 2),  # between queued kernels (< 20 µs each)
         "idle_long_ms": round(long_gaps / 1e3 / steps, 2),
         "categories_ms": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
@@ -149,6 +150,6 @@ def format_profile(model: str, prof: dict) -> str:
     if prof.get("matmul_by_shape"):
         lines.append("  matrix products by shape (calls per step, TFLOP/s):")
         for r in prof["matmul_by_shape"][:TOP_KERNELS_PRINTED]:
-            lines.append(f"    {r['ms']:8.2f} ms  {r['op']} {r['a']} x {r['b']}  x{r['calls']:g}  {r['tflops']} TFLOP/s  "
-                         f"{r['kernel']}")
+            lines.append(f"    {r['ms']:8.2f} ms  {r['op']} {r['a']} x {r['b']}  x{r['calls']:g}  "
+                         f"{r['tflops']} TFLOP/s  {r['kernel']}")
     return "\n".join(lines)

@@ -77,7 +77,11 @@ def test_step_profile_classifies_kernel_names() -> None:
     text = format_profile("m dense", {"wall_ms": 10.0, "kernel_ms": 9.0, "gap_ms": 1.0, "launches": 7,
                                       "idle_short_ms": 0.25, "idle_long_ms": 0.5,
                                       "categories_ms": {"matmul": 6.0, "attention": 3.0},
-                                      "top_kernels_ms": [("gemm", 6.0)]})
+                                      "top_kernels_ms": [("gemm", 6.0)],
+                                      "matmul_by_shape": [{"op": "aten::mm", "a": [4096, 2048], "b": [2048, 512],
+                                                           "calls": 16.0, "ms": 3.5, "tflops": 615,
+                                                           "kernel": "nvjet"}]})
+    assert "3.50 ms  aten::mm [4096, 2048] x [2048, 512]  x16  615 TFLOP/s  nvjet" in text
     assert "gap 1.0 ms (10.0%)" in text and "matmul" in text and "60.0%" in text
     assert "7 kernel launches" in text and "0.2 ms in gaps < 20" in text and "0.5 ms in longer" in text
 
