@@ -151,7 +151,7 @@ def test_mask_shapes_and_none() -> None:
 @pytest.mark.parametrize("causal", [True, False])
 def test_sdpa_path_and_value_slices(V: int, causal: bool) -> None:
     # On CPU the "sdpa" path runs the same SDPA call as on CUDA (the backend priority only affects CUDA); V != K
-    # exercises the K-wide slices (V = 11: one full slice and one zero-padded slice of 3).
+    # exercises the K-wide slices as extra heads, with GQA (V = 11: one full slice and one zero-padded slice of 3).
     inputs = qkv(2, 13, 4, 2, 8, V)
     kw = {"scale": 0.3, "causal": causal}
     y = attention(**inputs, **kw, impl="sdpa")
@@ -320,7 +320,7 @@ GPU_CASES = [
 ]
 
 
-def _gpu_check(impl: str, B, H, Hkv, K, window, lengths, V: int | None = None) -> None:
+def _gpu_check(impl: str, B, H, Hkv, K, window, lengths, V: int | None = None, compiled: bool = False) -> None:
     torch.manual_seed(0)
     T = 1000 if lengths is None else sum(lengths)
     cu = None if lengths is None else split_cu(lengths).cuda()
@@ -331,7 +331,8 @@ def _gpu_check(impl: str, B, H, Hkv, K, window, lengths, V: int | None = None) -
 
     def run(inputs: dict[str, torch.Tensor], **extra: object) -> tuple[torch.Tensor, ...]:
         leaves = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
-        y = attention(**leaves, **kw, **extra)
+        fn = torch.compile(attention) if compiled and extra.get("impl") != "reference" else attention
+        y = fn(**leaves, **kw, **extra)
         y.backward(grad.to(y.dtype))
         return (y, leaves["q"].grad, leaves["k"].grad, leaves["v"].grad)
 
@@ -366,12 +367,14 @@ def test_flash_attn_bf16_matches_fp32_reference(B, H, Hkv, K, window, lengths) -
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("impl", ["sdpa", "varlen", "flex", "flash"])
-def test_cuda_paths_wide_values(impl: str) -> None:
-    # Differential Attention's values are 2K wide: sliced for sdpa / varlen / flash, native in flex.
+def test_cuda_paths_wide_values(impl: str, compiled: bool) -> None:
+    # Differential Attention's values are 2K wide: slices as extra heads for sdpa / varlen / flash, native in flex.
+    # Compiled too: one SDPA call per slice gave wrong gradients under torch.compile with cuDNN (2026-12-06).
     window, lengths = (None, None) if impl == "sdpa" else (200, [17, 600, 383])
     _skip_unless(impl, window, lengths)
-    _gpu_check(impl, 1, 8, 4, 64, window, lengths, V=128)
+    _gpu_check(impl, 1, 8, 4, 64, window, lengths, V=128, compiled=compiled)
 
 
 @pytest.mark.gpu

@@ -24,8 +24,12 @@ Dispatch (``impl="auto"``); every path computes exactly :func:`attention_referen
                                              multiple of 8 up to 256), compiled FlexAttention (fp16/bf16; fp32
                                              only inside torch.compile), else the reference
 
-Backends whose kernels need V == K ("sdpa", "varlen", "flash") get the values in K-wide slices, one call per
-slice: attention is linear in V, so the result is exact and costs one more score computation per slice.
+Backends whose kernels need V == K ("sdpa", "varlen", "flash") get values of width V = n·K as n times the heads:
+each K-wide slice of a key/value head becomes a head of its own, with the key (and each query) repeated per slice,
+and one kernel call attends over them all. Attention is linear in V, so the result is exact and costs one more
+score computation per slice. (One call per slice computed the same, but under ``torch.compile`` with cuDNN its q,
+k and v gradients came out wrong on the H100 with torch 2.11, while eager was right: tests/gpu/
+test_mixers_on_cuda.py, 2026-12-06. The single call hands the kernel the layouts ordinary attention does.)
 
 Everything is decided from shapes, dtypes, devices and Python values, never tensor contents, so the dispatch adds
 no graph break to ``torch.compile(model)`` and varlen batches with new boundaries reuse the graph (the second
@@ -155,19 +159,26 @@ def _check(
         )
 
 
-def _value_slices(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  **kwargs: object) -> torch.Tensor:
-    """``fn`` on K-wide slices of v (the last one zero-padded), concatenated: exact, as attention is linear in V."""
-    K, V = q.shape[-1], v.shape[-1]
+def _values_as_heads(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     **kwargs: object) -> torch.Tensor:
+    """``fn`` (a kernel that needs V == K) on values V wide: the n = ⌈V/K⌉ K-wide slices of every key/value head
+    (the last zero-padded) are n heads, the keys and queries repeated to match, all in one call (module docstring).
+
+    Key/value head g becomes heads g·n + i (slice i); GQA maps query head h to h // (H'/Hkv'), so query head
+    g·R + r (R = H/Hkv) is repeated at (g·n + i)·R + r, which the kernel pairs with head g·n + i as required."""
+    B, T, H, K = q.shape
+    S, Hkv, V = k.shape[1], k.shape[2], v.shape[-1]
     if V == K:
         return fn(q, k, v, **kwargs)
-    outs = []
-    for piece in v.split(K, dim=-1):
-        width = piece.shape[-1]
-        if width < K:
-            piece = torch.nn.functional.pad(piece, (0, K - width))
-        outs.append(fn(q, k, piece, **kwargs)[..., :width])
-    return torch.cat(outs, dim=-1)
+    n, R = -(-V // K), H // Hkv
+    if V % K:
+        v = torch.nn.functional.pad(v, (0, n * K - V))
+    v_heads = v.reshape(B, S, Hkv * n, K)  # slice i of head g is head g·n + i
+    k_heads = k.unsqueeze(3).expand(B, S, Hkv, n, K).reshape(B, S, Hkv * n, K)
+    q_heads = q.reshape(B, T, Hkv, 1, R, K).expand(B, T, Hkv, n, R, K).reshape(B, T, Hkv * n * R, K)
+    out = fn(q_heads, k_heads, v_heads, **kwargs)  # (B, T, Hkv·n·R, K)
+    out = out.reshape(B, T, Hkv, n, R, K).transpose(3, 4).reshape(B, T, H, n * K)
+    return out[..., :V]
 
 
 def attention(
@@ -209,8 +220,8 @@ def attention(
 
         return flex_attention_blocks(q, k, v, scale=scale, causal=causal, window=window, cu_seqlens=cu_seqlens)
     if impl == "sdpa":
-        return _value_slices(sdpa_attention, q, k, v, scale=scale, causal=causal)
+        return _values_as_heads(sdpa_attention, q, k, v, scale=scale, causal=causal)
     fn = _flash.flash_attention if impl == "flash" else _torch_varlen.varlen_attention
-    return _value_slices(
+    return _values_as_heads(
         fn, q, k, v, scale=scale, causal=causal, window=window, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
     )

@@ -21,9 +21,9 @@ attention, so windows and packed varlen batches take the fast paths too). Query 
 (pair, j) to (j, pair) and key heads likewise, so that standard GQA grouping pairs q_j of pair h with k_j of KV
 pair h // (H/Hkv); the values of KV pair g are [v_2g ‖ v_2g+1] for both j. Where the kernel accepts values wider
 than keys (the CPU reference, FlexAttention) each score map is computed once: 2·(K + 2K) FLOPs per query head and
-key, i.e. 1.5x ordinary attention; kernels that need equal widths (cuDNN, flash) get the values in two K-wide
-halves, i.e. 2x, which still beats handing 2K-wide values to a slower generic kernel (the "wide-v" case of
-benchmarks/attention_bench.py measures both).
+key, i.e. 1.5x ordinary attention; kernels that need equal widths (cuDNN, flash) get the two K-wide halves of
+the values as two heads (each score map computed twice), i.e. 2x, which still beats handing 2K-wide values to a
+slower generic kernel (the "wide-v" case of benchmarks/attention_bench.py measures both).
 """
 
 from __future__ import annotations
