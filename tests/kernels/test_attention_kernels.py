@@ -164,6 +164,16 @@ def test_sdpa_path_and_value_slices(V: int, causal: bool) -> None:
     )
 
 
+def test_sdpa_path_with_wide_values_compiled() -> None:
+    # The slices-as-heads reshapes under inductor (CPU): the same result and gradients as naive attention.
+    inputs = qkv(2, 13, 4, 2, 8, 11)
+    kw = {"scale": 0.3, "causal": True}
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, **kw, impl="sdpa"), fullgraph=True)
+    torch.testing.assert_close(compiled(**inputs), naive_attention(**inputs, **kw), rtol=1e-10, atol=1e-10)
+    compare_grads(lambda q, k, v: [compiled(q, k, v)], lambda q, k, v: [naive_attention(q, k, v, **kw)], inputs, 1e-10)
+
+
 # ----------------------------------------------------------------------------- FlexAttention (mask and blocks)
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("B,H,Hkv,K,V,window,lengths,causal", CASES)
