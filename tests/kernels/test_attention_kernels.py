@@ -457,7 +457,9 @@ def test_cuda_mixer_compiled_fullgraph_varlen(name: str, bf16: bool) -> None:
         seq = SeqInfo.from_cu_seqlens(split_cu(lengths).cuda())
         x = torch.randn(1, T, d_model, device="cuda")
         kv_dtype = torch.bfloat16 if bf16 else torch.float32
-        kv = tuple(torch.randn(1, 2, T, K, device="cuda", dtype=kv_dtype) for _ in range(2)) if name == "cross" else None
+        kv = None
+        if name == "cross":
+            kv = tuple(torch.randn(1, 2, T, K, device="cuda", dtype=kv_dtype) for _ in range(2))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             y = _call(compiled, x, seq, kv)
             y_ref = _call(mixer, x, seq, kv)
