@@ -11,13 +11,19 @@ the gradient of every parameter and of the shared values it reads are compared.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from archscale.models.api import CrossLayer, SeqInfo
-from archscale.models.mixers.base import MixerContext
-from archscale.registry import mixers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+
+from kernel_helpers import rel_err, split_cu  # type: ignore[import-not-found]  # noqa: E402
+
+from archscale.models.api import CrossLayer, SeqInfo  # noqa: E402
+from archscale.models.mixers.base import MixerContext  # noqa: E402
+from archscale.registry import mixers  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -81,12 +87,7 @@ def run(mixer: torch.nn.Module, x: torch.Tensor, info: SeqInfo, shared: CrossLay
 
 def relative_errors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[str, float]:
     assert got.keys() == want.keys(), f"gradients missing on one side: {set(got) ^ set(want)}"
-    errors = {}
-    for k, ref in want.items():
-        scale = ref.norm().item()
-        diff = (got[k] - ref).norm().item()
-        errors[k] = diff / scale if scale > 0 else diff
-    return errors
+    return {k: rel_err(got[k], ref) for k, ref in want.items()}
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
@@ -101,7 +102,7 @@ def test_mixer_on_cuda_matches_float64_cpu(name: str, layout: str, compiled: boo
         info = SeqInfo.dense(batch, seq)
     else:
         batch, seq = 1, sum(DOCUMENTS)
-        info = SeqInfo.from_cu_seqlens(torch.tensor([0, *torch.tensor(DOCUMENTS).cumsum(0).tolist()]))
+        info = SeqInfo.from_cu_seqlens(split_cu(DOCUMENTS))
     x = torch.randn(batch, seq, D_MODEL, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(batch, seq, D_MODEL, generator=gen, dtype=torch.float64)
     shared = type(reference).example_shared(reference.ctx, reference.config, batch, seq, generator=gen,

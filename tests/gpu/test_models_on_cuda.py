@@ -10,14 +10,20 @@ of the Linear, the fused linear cross-entropy inside the compiled graph, and tie
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from archscale.models.api import SeqInfo
-from archscale.models.lm import build_model
-from archscale.registry import architectures
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+
+from kernel_helpers import rel_err, split_cu  # type: ignore[import-not-found]  # noqa: E402
+
+from archscale.models.api import SeqInfo  # noqa: E402
+from archscale.models.lm import build_model  # noqa: E402
+from archscale.registry import architectures  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -81,7 +87,7 @@ def layout(name: str) -> tuple[torch.Tensor, torch.Tensor, SeqInfo]:
         tokens = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen)
         return tokens, torch.roll(tokens, -1, dims=1), SeqInfo.dense(BATCH, SEQ)
     tokens = torch.randint(0, VOCAB, (1, sum(DOCUMENTS)), generator=gen)
-    cu = torch.tensor([0, *torch.tensor(DOCUMENTS).cumsum(0).tolist()])
+    cu = split_cu(DOCUMENTS)
     targets = torch.roll(tokens, -1, dims=1)
     targets[0, cu[1:] - 1] = -100  # no target across a document end
     return tokens, targets, SeqInfo.from_cu_seqlens(cu)
@@ -95,7 +101,7 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], toleran
         assert torch.isfinite(got[name]).all(), f"{name} is not finite"
         if ref.numel() < SMALL_TENSOR and name != "loss":
             continue
-        err = (got[name] - ref).norm().item() / max(ref.norm().item(), 1e-30)
+        err = rel_err(got[name], ref)
         if err > (LOSS_TOLERANCE if name == "loss" else tolerance):
             bad.append(f"{name} {err:.2e}")
     return bad
