@@ -11,24 +11,76 @@ Everything else (the solve, the outputs o = Q̃ h_c + (QKᵀ ∘ Γ) Δ_c, the f
 Written as a loop in Python, this recursion is unrolled by ``torch.compile``: at T = 16K and Q = 64 that is 256
 copies of the body in the forward graph and again in the backward one, and compile time grows with it. Here it is
 one custom op with its own backward op (:func:`torch.library.custom_op`): opaque to the compiler, so a compiled
-model keeps one node for it whatever T is, and its body runs as plain PyTorch kernels. The backward runs the
+model keeps one node for it whatever T is. The backward runs the
 recursion in reverse (for c = nc-1 … 0, with dh the gradient reaching h_{c+1}):
 
     dΔ_c = dΔ_c(outputs) + K̃_c dh      dU_c = dΔ_c      dW_c = -dΔ_c h_cᵀ      dK̃_c = Δ_c dhᵀ
     da_c = ⟨h_c, dh⟩                    dinj_c = dh      dh ← dh_c(outputs) + a_c dh - W_cᵀ dΔ_c
 
-A Triton kernel holding h on chip across chunks (fla's ``chunk_gated_delta_rule_fwd_h`` does this) is the next
-step for speed; it would replace these two bodies and keep the interface.
+The recursions themselves (h forward, dh backward) are the only sequential part; the backward's gradients that
+sum over value columns (dW, dK̃, da) are batched products over all chunks once dΔ and each chunk's dh are known.
+On CUDA (fp32 and below) the recursions are Triton kernels that keep the state on chip
+(:mod:`archscale.kernels.delta_rule.state_pass_triton`); elsewhere, and in float64, a Python loop of PyTorch
+products (the specification the kernels are tested against).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
 __all__ = ["state_pass"]
+
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _on_triton(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels take this call: CUDA tensors below float64, or CPU ones when the Triton
+    interpreter runs kernels (``TRITON_INTERPRET=1``, the CPU tests)."""
+    if not _HAS_TRITON or t.dtype == torch.float64:
+        return False
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def state_pass_fwd_loop(
+    U: torch.Tensor, W: torch.Tensor, k_dec: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor,
+    inject: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward recursion, one chunk after another in PyTorch: (h_in, Δ, final state)."""
+    nc = U.shape[2]
+    h_in = U.new_empty(*U.shape[:3], *h0.shape[-2:])  # (B, H, c, K, V)
+    delta = U.new_empty(U.shape)
+    h = h0
+    for c in range(nc):
+        h_in[:, :, c] = h
+        d = U[:, :, c] - W[:, :, c] @ h  # (B, H, Q, V)
+        delta[:, :, c] = d
+        h = decay[:, :, c, None, None] * h + k_dec[:, :, c].transpose(-1, -2) @ d
+        if inject is not None:
+            h = h + inject[:, :, c]
+    # Contiguous, as the fake says; an output must not alias an input.
+    return h_in, delta, h.clone(memory_format=torch.contiguous_format) if nc == 0 else h.contiguous()
+
+
+def state_pass_bwd_loop(
+    d_h_in: torch.Tensor, d_delta: torch.Tensor, d_final: torch.Tensor, W: torch.Tensor, k_dec: torch.Tensor,
+    decay: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adjoint recursion in PyTorch: (dU, the gradient reaching each chunk's end state, dh0)."""
+    nc = W.shape[2]
+    dU, dh_out = d_delta.new_empty(d_delta.shape), d_h_in.new_empty(d_h_in.shape)
+    dh = d_final  # gradient reaching the state leaving chunk c
+    for c in reversed(range(nc)):
+        dh_out[:, :, c] = dh
+        dd = d_delta[:, :, c] + k_dec[:, :, c] @ dh  # (B, H, Q, V)
+        dU[:, :, c] = dd
+        dh = d_h_in[:, :, c] + decay[:, :, c, None, None] * dh - W[:, :, c].transpose(-1, -2) @ dd
+    return dU, dh_out, dh.clone(memory_format=torch.contiguous_format) if nc == 0 else dh.contiguous()
 
 
 @torch.library.custom_op("archscale::gated_delta_state_pass", mutates_args=())
@@ -40,23 +92,16 @@ def _state_pass(
     h0: torch.Tensor,  # (B, H, K, V)
     inject: torch.Tensor | None,  # (B, H, c, K, V)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    nc = U.shape[2]
-    h_in = U.new_empty(*U.shape[:3], *h0.shape[-2:])  # (B, H, c, K, V)
-    delta = torch.empty_like(U)
-    h = h0
-    for c in range(nc):
-        h_in[:, :, c] = h
-        d = U[:, :, c] - W[:, :, c] @ h  # (B, H, Q, V)
-        delta[:, :, c] = d
-        h = decay[:, :, c, None, None] * h + k_dec[:, :, c].transpose(-1, -2) @ d
-        if inject is not None:
-            h = h + inject[:, :, c]
-    return h_in, delta, h.clone() if nc == 0 else h  # an output must not alias an input
+    if _on_triton(U):
+        from archscale.kernels.delta_rule.state_pass_triton import state_pass_fwd_triton
+
+        return state_pass_fwd_triton(U, W, k_dec, decay, h0, inject)
+    return state_pass_fwd_loop(U, W, k_dec, decay, h0, inject)
 
 
 @_state_pass.register_fake
 def _(U, W, k_dec, decay, h0, inject):
-    return U.new_empty(*U.shape[:3], *h0.shape[-2:]), torch.empty_like(U), torch.empty_like(h0)
+    return U.new_empty(*U.shape[:3], *h0.shape[-2:]), U.new_empty(U.shape), h0.new_empty(h0.shape)
 
 
 @torch.library.custom_op("archscale::gated_delta_state_pass_bwd", mutates_args=())
@@ -70,26 +115,26 @@ def _state_pass_bwd(
     h_in: torch.Tensor,
     delta: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    nc = W.shape[2]
-    dU, dW, dk = torch.empty_like(delta), torch.empty_like(W), torch.empty_like(k_dec)
-    d_decay, d_inject = torch.empty_like(decay), torch.empty_like(h_in)
-    dh = d_final  # gradient reaching the state leaving chunk c
-    for c in reversed(range(nc)):
-        d_inject[:, :, c] = dh
-        d_decay[:, :, c] = (h_in[:, :, c] * dh).sum((-2, -1))
-        dk[:, :, c] = delta[:, :, c] @ dh.transpose(-1, -2)
-        dd = d_delta[:, :, c] + k_dec[:, :, c] @ dh  # (B, H, Q, V)
-        dU[:, :, c] = dd
-        dW[:, :, c] = -(dd @ h_in[:, :, c].transpose(-1, -2))
-        dh = d_h_in[:, :, c] + decay[:, :, c, None, None] * dh - W[:, :, c].transpose(-1, -2) @ dd
-    return dU, dW, dk, d_decay, dh.clone() if nc == 0 else dh, d_inject
+    if _on_triton(W):
+        from archscale.kernels.delta_rule.state_pass_triton import state_pass_bwd_triton
+
+        dU, dh_out, dh0 = state_pass_bwd_triton(d_h_in, d_delta, d_final, W, k_dec, decay)
+    else:
+        dU, dh_out, dh0 = state_pass_bwd_loop(d_h_in, d_delta, d_final, W, k_dec, decay)
+    # dW_c = -dΔ_c h_cᵀ, dK̃_c = Δ_c dh_cᵀ and da_c = <h_c, dh_c> for every chunk at once; dh_out is inject's gradient.
+    dW = -(dU @ h_in.transpose(-1, -2))
+    dk = delta @ dh_out.transpose(-1, -2)
+    d_decay = (h_in * dh_out).sum((-2, -1))
+    return (dU.contiguous(), dW.to(W.dtype).contiguous(), dk.to(k_dec.dtype).contiguous(),
+            d_decay.to(decay.dtype).contiguous(), dh0.contiguous(), dh_out)
 
 
 @_state_pass_bwd.register_fake
 def _(d_h_in, d_delta, d_final, W, k_dec, decay, h_in, delta):
+    # Every output contiguous (the real ones are fresh products and buffers).
     return (
-        torch.empty_like(delta), torch.empty_like(W), torch.empty_like(k_dec), torch.empty_like(decay),
-        torch.empty_like(d_final), torch.empty_like(h_in),
+        d_delta.new_empty(d_delta.shape), W.new_empty(W.shape), k_dec.new_empty(k_dec.shape),
+        decay.new_empty(decay.shape), d_final.new_empty(d_final.shape), h_in.new_empty(h_in.shape),
     )
 
 

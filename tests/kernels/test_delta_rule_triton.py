@@ -1,0 +1,200 @@
+"""Triton kernels of the gated delta rule's chunk-to-chunk recursion (archscale.kernels.delta_rule.state_pass_triton)
+against the PyTorch loop in float64, and the whole chunked gated delta rule running on them against the float64
+recurrent specification: outputs and every input gradient, dense and varlen, initial and final states, awkward sizes
+(chunk, key and value widths not powers of two, value blocks cut at the edge), U and W as the column-major slices
+the triangular solve returns.
+
+As in test_selective_scan_triton.py, the CPU cases run in one subprocess under ``TRITON_INTERPRET=1`` (this file as
+a script, printing every case's errors as JSON); the same cases run on CUDA under ``@pytest.mark.gpu``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))  # kernel_helpers, also when this file runs as a script
+from kernel_helpers import rel_err, split_cu  # noqa: E402
+
+from archscale.kernels.delta_rule import state_pass as state_pass_module  # noqa: E402
+from archscale.kernels.delta_rule.reference import (  # noqa: E402
+    gated_delta_rule_chunked,
+    gated_delta_rule_recurrent,
+)
+
+TOL = 1e-4  # fp32 against float64
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# (B, H, chunks, Q, K, V, with inject): awkward widths, one chunk, value blocks cut at the edge, GDN's K 2x V.
+KERNEL_SHAPES = [(2, 3, 5, 4, 4, 6, False), (1, 2, 7, 5, 3, 20, True), (1, 1, 1, 16, 16, 16, False),
+                 (2, 1, 3, 64, 32, 70, True)]
+
+
+def case_kernels(device: str) -> dict[str, float]:
+    """Forward and adjoint kernels against the loop in float64: the largest relative error of each output."""
+    from archscale.kernels.delta_rule.state_pass_triton import state_pass_bwd_triton, state_pass_fwd_triton
+
+    errs: dict[str, float] = {}
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale).to(device)
+
+    for B, H, nc, Q, K, V, with_inject in KERNEL_SHAPES:
+        # U and W as slices of one column-major (Q, V + K) buffer, the layout of the solve's output.
+        UW = rand(B, H, nc, V + K, Q, scale=0.5).transpose(-1, -2)
+        U, W, k_dec = UW[..., :V], UW[..., V:], rand(B, H, nc, Q, K, scale=0.3)
+        decay, h0 = torch.rand(B, H, nc, generator=gen).to(device), rand(B, H, K, V)
+        inject = rand(B, H, nc, K, V) if with_inject else None
+        d_h_in, d_delta, d_final = rand(B, H, nc, K, V), rand(B, H, nc, Q, V), rand(B, H, K, V)
+        fwd_in = (U, W, k_dec, decay, h0, inject)
+        bwd_in = (d_h_in, d_delta, d_final, W, k_dec, decay)
+        for kind, fast, loop, args, names in (
+            ("fwd", state_pass_fwd_triton, state_pass_module.state_pass_fwd_loop, fwd_in, ("h_in", "delta", "final")),
+            ("bwd", state_pass_bwd_triton, state_pass_module.state_pass_bwd_loop, bwd_in, ("dU", "dh_out", "dh0")),
+        ):
+            got = fast(*args)
+            want = loop(*(None if t is None else t.double() for t in args))
+            for name, g, w in zip(names, got, want):
+                assert g.is_contiguous(), f"{kind} {name} is not contiguous"
+                errs[f"{kind} {name}"] = max(errs.get(f"{kind} {name}", 0.0), rel_err(g.double(), w))
+    return errs
+
+
+VARLEN_DOCS = [7, 1, 30, 12]
+H, K, V = 3, 12, 20
+
+
+def _inputs(B: int, T: int, n_states: int, device: str) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    inp = {
+        "q": F.normalize(rand(B, T, H, K), dim=-1),
+        "k": F.normalize(rand(B, T, H, K), dim=-1),
+        "v": rand(B, T, H, V),
+        "g": -torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 0.5,
+        "beta": torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 2,
+        "initial_state": rand(n_states, H, K, V),
+    }
+    return {k: v.to(device) for k, v in inp.items()}
+
+
+def case_gated_delta_rule(device: str, varlen: bool) -> dict[str, float]:
+    """The chunked form in fp32 (the state pass on the Triton kernels) against the float64 recurrent form: output,
+    final states and the gradient of every input; also counts the kernel launches, so a silent fallback fails."""
+    from archscale.kernels.delta_rule import state_pass_triton
+
+    cu = split_cu(VARLEN_DOCS).to(device) if varlen else None
+    inp = _inputs(1, sum(VARLEN_DOCS), len(VARLEN_DOCS), device) if varlen else _inputs(2, 37, 2, device)
+    calls = {"fwd": 0, "bwd": 0}
+    originals = (state_pass_triton.state_pass_fwd_triton, state_pass_triton.state_pass_bwd_triton)
+
+    def counted(kind: str, fn: Callable) -> Callable:
+        def wrapper(*args):  # noqa: ANN002, ANN202
+            calls[kind] += 1
+            return fn(*args)
+        return wrapper
+
+    state_pass_triton.state_pass_fwd_triton = counted("fwd", originals[0])
+    state_pass_triton.state_pass_bwd_triton = counted("bwd", originals[1])
+    try:
+        results = []
+        for fn, dtype in ((gated_delta_rule_chunked, torch.float32), (gated_delta_rule_recurrent, torch.float64)):
+            leaves = {k: v.to(dtype).requires_grad_(True) for k, v in inp.items()}
+            kw = {"chunk_size": 8} if fn is gated_delta_rule_chunked else {}
+            out, final = fn(**leaves, cu_seqlens=cu, return_final_state=True, **kw)
+            gen = torch.Generator().manual_seed(2)
+            up_o = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device)
+            up_f = torch.randn(final.shape, generator=gen, dtype=torch.float64).to(device)
+            ((out.double() * up_o).sum() + (final.double() * up_f).sum()).backward()
+            results.append({"out": out, "final": final, **{f"d{k}": v.grad for k, v in leaves.items()}})
+    finally:
+        state_pass_triton.state_pass_fwd_triton, state_pass_triton.state_pass_bwd_triton = originals
+    errs = {name: rel_err(results[0][name].detach().double(), results[1][name].detach()) for name in results[1]}
+    errs["triton forward calls"], errs["triton backward calls"] = float(calls["fwd"]), float(calls["bwd"])
+    return errs
+
+
+CASES: dict[str, Callable[[str], dict[str, float]]] = {
+    "kernels": case_kernels,
+    "dense": lambda device: case_gated_delta_rule(device, varlen=False),
+    "varlen": lambda device: case_gated_delta_rule(device, varlen=True),
+}
+
+
+def check(name: str, errs: dict[str, float]) -> None:
+    assert "exception" not in errs, errs.get("exception")
+    if name != "kernels":
+        assert errs.pop("triton forward calls") == 1 and errs.pop("triton backward calls") == 1, "Triton not used"
+    bad = {k: v for k, v in errs.items() if not v < TOL}
+    assert not bad, f"{name}: relative errors above {TOL}: {bad}"
+
+
+def _run_interpreted_cases() -> None:
+    """Script entry (``TRITON_INTERPRET=1``): every case's errors as one JSON line."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    torch.set_num_threads(1)
+    results: dict[str, object] = {}
+    for name, case in CASES.items():
+        try:
+            results[name] = case("cpu")
+        except Exception as e:  # noqa: BLE001 - reported to (and failed by) the test of this case
+            import traceback
+
+            results[name] = {"exception": "".join(traceback.format_exception(e))[-3000:]}
+    print("RESULTS " + json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, dict]:
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"interpreter subprocess failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len("RESULTS "):])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_interpreted(interpreted: dict[str, dict], name: str) -> None:
+    check(name, dict(interpreted[name]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CASES)
+def test_on_cuda(name: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # full fp32 products: the kernels follow this flag
+    try:
+        check(name, CASES[name]("cuda"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def test_dispatch_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the interpreter, CPU tensors take the loop; float64 never takes the kernels."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not state_pass_module._on_triton(torch.zeros(1))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert state_pass_module._on_triton(torch.zeros(1)) == HAS_TRITON
+    assert not state_pass_module._on_triton(torch.zeros(1, dtype=torch.float64))
+
+
+if __name__ == "__main__":
+    _run_interpreted_cases()
