@@ -176,9 +176,10 @@ def test_interpreted(interpreted: dict[str, dict], name: str) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", CASES)
-def test_on_cuda(name: str) -> None:
+def test_on_cuda(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", True)  # not yet the default: see state_pass.py
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # full fp32 products: the kernels follow this flag
     try:

@@ -19,9 +19,9 @@ recursion in reverse (for c = nc-1 … 0, with dh the gradient reaching h_{c+1})
 
 The recursions themselves (h forward, dh backward) are the only sequential part; the backward's gradients that
 sum over value columns (dW, dK̃, da) are batched products over all chunks once dΔ and each chunk's dh are known.
-On CUDA (fp32 and below) the recursions are Triton kernels that keep the state on chip
-(:mod:`archscale.kernels.delta_rule.state_pass_triton`); elsewhere, and in float64, a Python loop of PyTorch
-products (the specification the kernels are tested against).
+The recursions are either Triton kernels that keep the state on chip
+(:mod:`archscale.kernels.delta_rule.state_pass_triton`; on CUDA once ``TRITON_ON_CUDA`` is set, see there) or a
+Python loop of PyTorch products (the specification the kernels are tested against; float64 and the CPU).
 """
 
 from __future__ import annotations
@@ -37,14 +37,20 @@ __all__ = ["state_pass"]
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+# The Triton kernels have so far passed their tests only under the Triton interpreter: the session that wrote them
+# (2026-12-07) had no GPU time left. CUDA keeps the loop until tests/kernels/test_delta_rule_triton.py passes on the
+# card and benchmarks/recurrent_mixers_bench.py shows the gain (issue #8; benchmarks/RESULTS.md).
+TRITON_ON_CUDA = False
 
 
 def _on_triton(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels take this call: CUDA tensors below float64, or CPU ones when the Triton
-    interpreter runs kernels (``TRITON_INTERPRET=1``, the CPU tests)."""
+    """Whether the Triton kernels take this call: CUDA tensors below float64 (once TRITON_ON_CUDA), or CPU ones
+    when the Triton interpreter runs kernels (``TRITON_INTERPRET=1``, the CPU tests)."""
     if not _HAS_TRITON or t.dtype == torch.float64:
         return False
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if t.is_cuda:
+        return TRITON_ON_CUDA
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def state_pass_fwd_loop(

@@ -15,6 +15,8 @@ communication:
 The adjoint kernel returns dΔ (= dU) and the gradient reaching each chunk's end state; the gradients that sum over
 value columns (dW, dK̃, da) are batched products over all chunks at once, computed by the caller.
 
+Not yet chosen on CUDA by default: :data:`archscale.kernels.delta_rule.state_pass.TRITON_ON_CUDA` says why.
+
 Math in fp32 (the chunked form runs in fp32; float64 stays on the PyTorch loop). The products use TF32 when
 ``torch.backends.cuda.matmul.allow_tf32`` allows it for PyTorch's own fp32 products, else full fp32 ("ieee").
 Inputs are read through their strides, so the slices U and W of the solve's output (column-major from LAPACK or
