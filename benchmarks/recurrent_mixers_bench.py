@@ -3,6 +3,7 @@ an attention layer of the same width, in the same process.
 
     python benchmarks/recurrent_mixers_bench.py                      # both cases, a table at the end
     python benchmarks/recurrent_mixers_bench.py --cases varlen --iters 20 --mixers mamba2,gdn
+    python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_triton   # GDN's state pass: loop vs Triton
 
 Layers come from the mixer registry with their default configs (REFERENCE §3) at SambaY / ArchScale d16 width,
 d_model 2048: Mamba-2 (d_state 128, head_dim 64, expand 2: 64 heads, chunk 256), GDN (6 heads of K 256, V 512,
@@ -41,6 +42,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "mamba2": {},
     "gdn": {},
 }
+# Variants measured next to the registered mixers: "gdn_triton" is GDN with the chunk-to-chunk state pass on the
+# Triton kernels (archscale/kernels/delta_rule/state_pass_triton.py), not yet CUDA's default.
+VARIANTS = {"gdn_triton": "gdn"}
 CASES = {"dense": {"B": 4, "T": 4096, "varlen": False}, "varlen": {"B": 1, "T": 16384, "varlen": True}}
 
 
@@ -54,6 +58,7 @@ def doc_lengths(total: int, lo: int, hi: int, seed: int = 0) -> list[int]:
 
 
 def build(name: str) -> torch.nn.Module:
+    name = VARIANTS.get(name, name)
     cls = mixers.get(name)
     config = mixers.config_model(name).model_validate(PARAMS[name])
     return cls(MixerContext(d_model=D_MODEL, layer_idx=0, n_layers=16), config).cuda()
@@ -61,17 +66,22 @@ def build(name: str) -> torch.nn.Module:
 
 def picked_impl(name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
-    if name == "gdn":
+    if name in ("gdn", "gdn_triton"):
         from archscale.kernels.delta_rule import fla_refusal
 
         reason = fla_refusal(torch.device("cuda"))
-        return "fla" if reason is None else "chunked (compiled; fla refused)"
+        if reason is None:
+            return "fla"
+        return "chunked (compiled; fla refused)" + ("; Triton pass" if name == "gdn_triton" else "")
     if name == "mamba2":
         return "chunked (compiled)"
     return "auto"
 
 
 def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
+    from archscale.kernels.delta_rule import state_pass
+
+    state_pass.TRITON_ON_CUDA = name == "gdn_triton"  # read by the op at run time, not baked into the graph
     c = CASES[case]
     B, T = c["B"], c["T"]
     torch.manual_seed(0)
@@ -130,7 +140,8 @@ def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="dense,varlen")
-    parser.add_argument("--mixers", default="attention,mamba2,gdn", help="attention first: it is the baseline")
+    parser.add_argument("--mixers", default="attention,mamba2,gdn",
+                        help="attention first: it is the baseline; also gdn_triton (GDN's Triton state pass)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     args = parser.parse_args()
@@ -139,14 +150,14 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     rows = [run(m, case, args.warmup, args.iters) for case in args.cases.split(",") for m in args.mixers.split(",")]
 
-    print(f"\n{'case':7} {'mixer':10} {'impl':34} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
+    print(f"\n{'case':7} {'mixer':10} {'impl':46} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
     for r in rows:
         base = next((b for b in rows if b["case"] == r["case"] and b["mixer"] == "attention" and "ms" in b), None)
         if "error" in r:
-            print(f"{r['case']:7} {r['mixer']:10} {r['impl']:34} {r['error']}")
+            print(f"{r['case']:7} {r['mixer']:10} {r['impl']:46} {r['error']}")
             continue
         ratio = f"{r['ms'] / base['ms']:.2f}" if base else "-"
-        print(f"{r['case']:7} {r['mixer']:10} {r['impl']:34} {r['ms']:8.2f} {ratio:>7} {r['ktok_s']:8.0f} "
+        print(f"{r['case']:7} {r['mixer']:10} {r['impl']:46} {r['ms']:8.2f} {ratio:>7} {r['ktok_s']:8.0f} "
               f"{r['peak_gib']:9.2f}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "recurrent_mixers_bench.json").write_text(json.dumps(rows, indent=1))
