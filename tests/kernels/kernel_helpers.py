@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 
+import pytest
 import torch
 
 
@@ -164,3 +170,36 @@ def check_fast_path_on_gpu(
     assert rel_err(y, y_ref) < tol, f"output: relative error {rel_err(y, y_ref):.3g}"
     assert rel_err(f, f_ref) < tol, f"final states: relative error {rel_err(f, f_ref):.3g}"
     compare_grads(lambda **a: fast(**a, **kw), ref, inputs, tol)
+
+
+# ------------------------------------------------------------------- Triton interpreter cases, run in a subprocess
+# Triton decides when a kernel module is imported whether its kernels compile for the GPU or run in the interpreter
+# (TRITON_INTERPRET=1), for the whole process; so a test file runs its CPU cases as a script in a subprocess with the
+# variable set, and prints their errors as one JSON line that the tests read.
+
+
+def case_results(cases: dict[str, Callable[[], dict[str, float]]]) -> dict[str, object]:
+    """Every case's result; a case that raises gets {"exception": its traceback}, which its test reports."""
+    results: dict[str, object] = {}
+    for name, case in cases.items():
+        torch.manual_seed(0)
+        try:
+            results[name] = case()
+        except Exception as e:  # noqa: BLE001 - reported to (and failed by) the test of this case
+            results[name] = {"exception": "".join(traceback.format_exception(e))[-3000:]}
+    return results
+
+
+def print_results(results: dict[str, object]) -> None:
+    print("RESULTS " + json.dumps(results))
+
+
+def interpreted_results(script: str, timeout: int) -> dict:
+    """Run ``script`` on the CPU under TRITON_INTERPRET=1 and return what it passed to :func:`print_results`."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"interpreter subprocess failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len("RESULTS "):])

@@ -10,10 +10,9 @@ a script, printing every case's errors as JSON); the same cases run on CUDA unde
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))  # kernel_helpers, also when this file runs as a script
-from kernel_helpers import rel_err, split_cu  # noqa: E402
+from kernel_helpers import case_results, interpreted_results, print_results, rel_err, split_cu  # noqa: E402
 
 from archscale.kernels.delta_rule import state_pass as state_pass_module  # noqa: E402
 from archscale.kernels.delta_rule.reference import (  # noqa: E402
@@ -145,28 +144,14 @@ def _run_interpreted_cases() -> None:
     """Script entry (``TRITON_INTERPRET=1``): every case's errors as one JSON line."""
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     torch.set_num_threads(1)
-    results: dict[str, object] = {}
-    for name, case in CASES.items():
-        try:
-            results[name] = case("cpu")
-        except Exception as e:  # noqa: BLE001 - reported to (and failed by) the test of this case
-            import traceback
-
-            results[name] = {"exception": "".join(traceback.format_exception(e))[-3000:]}
-    print("RESULTS " + json.dumps(results))
+    print_results(case_results({name: functools.partial(case, "cpu") for name, case in CASES.items()}))
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"interpreter subprocess failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULTS "):])
+    return interpreted_results(__file__, timeout=600)
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -16,9 +16,7 @@ function using the scan traces without a graph break.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))  # kernel_helpers, also when this file runs as a script
-from kernel_helpers import rel_err, split_cu  # noqa: E402
+from kernel_helpers import case_results, interpreted_results, print_results, rel_err, split_cu  # noqa: E402
 
 from archscale.kernels.selective_scan import selective_scan, selective_scan_reference  # noqa: E402
 
@@ -272,31 +270,16 @@ def _run_interpreted_cases() -> None:
     """Script entry (``TRITON_INTERPRET=1``): every case's errors as one JSON line."""
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
     torch.set_num_threads(1)
-    results: dict[str, object] = {}
-    for name, case in CASES.items():
-        torch.manual_seed(0)
-        try:
-            results[name] = case()
-        except Exception as e:  # noqa: BLE001 - reported to (and failed by) the test of this case
-            import traceback
-
-            results[name] = {"exception": "".join(traceback.format_exception(e))[-3000:]}
+    results = case_results(CASES)
     results["_errors"] = errors_interpreted()
-    print("RESULTS " + json.dumps(results))
+    print_results(results)
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"interpreter subprocess failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULTS ") :])
+    return interpreted_results(__file__, timeout=900)
 
 
 @pytest.mark.parametrize("case", list(CASES))

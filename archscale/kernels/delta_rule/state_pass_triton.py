@@ -39,6 +39,17 @@ def _tile_ptrs(base, c, stride_c, stride_r, stride_x, rows, cols):
 
 
 @triton.jit
+def _program_tiles(n_heads, Q, K, V, BQ: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """This program's (batch row, head), the chunk / key / value indices of its tiles and their masks."""
+    bh = tl.program_id(0).to(tl.int64)  # batch offsets can pass 2**31 elements
+    q_idx, k_idx = tl.arange(0, BQ), tl.arange(0, BK)
+    v_idx = tl.program_id(1) * BV + tl.arange(0, BV)
+    mq, mk, mv = q_idx < Q, k_idx < K, v_idx < V
+    m_qk, m_qv, m_kv = mq[:, None] & mk[None, :], mq[:, None] & mv[None, :], mk[:, None] & mv[None, :]
+    return bh // n_heads, bh % n_heads, q_idx, k_idx, v_idx, m_qk, m_qv, m_kv
+
+
+@triton.jit
 def _state_pass_fwd_kernel(
     U, W, KD, DECAY, H0, INJ, H_IN, DELTA, H_OUT,
     su_b, su_h, su_c, su_q, su_x,  # U (B, H, c, Q, V)
@@ -53,12 +64,7 @@ def _state_pass_fwd_kernel(
     n_heads, n_chunks, Q, K, V,
     BQ: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INJECT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)  # batch offsets can pass 2**31 elements
-    b, hd = bh // n_heads, bh % n_heads
-    q_idx, k_idx = tl.arange(0, BQ), tl.arange(0, BK)
-    v_idx = tl.program_id(1) * BV + tl.arange(0, BV)
-    mq, mk, mv = q_idx < Q, k_idx < K, v_idx < V
-    m_qk, m_qv, m_kv = mq[:, None] & mk[None, :], mq[:, None] & mv[None, :], mk[:, None] & mv[None, :]
+    b, hd, q_idx, k_idx, v_idx, m_qk, m_qv, m_kv = _program_tiles(n_heads, Q, K, V, BQ, BK, BV)
     U, W, KD = U + b * su_b + hd * su_h, W + b * sw_b + hd * sw_h, KD + b * sk_b + hd * sk_h
     H0, INJ, H_IN = H0 + b * s0_b + hd * s0_h, INJ + b * si_b + hd * si_h, H_IN + b * sh_b + hd * sh_h
     DELTA, H_OUT, DECAY = DELTA + b * sd_b + hd * sd_h, H_OUT + b * so_b + hd * so_h, DECAY + b * sa_b + hd * sa_h
@@ -94,12 +100,7 @@ def _state_pass_bwd_kernel(
     n_heads, n_chunks, Q, K, V,
     BQ: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)  # batch offsets can pass 2**31 elements
-    b, hd = bh // n_heads, bh % n_heads
-    q_idx, k_idx = tl.arange(0, BQ), tl.arange(0, BK)
-    v_idx = tl.program_id(1) * BV + tl.arange(0, BV)
-    mq, mk, mv = q_idx < Q, k_idx < K, v_idx < V
-    m_qk, m_qv, m_kv = mq[:, None] & mk[None, :], mq[:, None] & mv[None, :], mk[:, None] & mv[None, :]
+    b, hd, q_idx, k_idx, v_idx, m_qk, m_qv, m_kv = _program_tiles(n_heads, Q, K, V, BQ, BK, BV)
     D_H_IN, D_DELTA = D_H_IN + b * sgh_b + hd * sgh_h, D_DELTA + b * sgd_b + hd * sgd_h
     D_FINAL, W, KD = D_FINAL + b * sgf_b + hd * sgf_h, W + b * sw_b + hd * sw_h, KD + b * sk_b + hd * sk_h
     DU, DH_OUT, DH0 = DU + b * su_b + hd * su_h, DH_OUT + b * so_b + hd * so_h, DH0 + b * s0_b + hd * s0_h
