@@ -128,9 +128,10 @@ def _state_pass_bwd(
     else:
         dU, dh_out, dh0 = state_pass_bwd_loop(d_h_in, d_delta, d_final, W, k_dec, decay)
     # dW_c = -dΔ_c h_cᵀ, dK̃_c = Δ_c dh_cᵀ and da_c = <h_c, dh_c> for every chunk at once; dh_out is inject's gradient.
-    dW = -(dU @ h_in.transpose(-1, -2))
+    # The last as a batched dot product: h_in * dh_out would be a temporary as large as all the states.
+    dW = (dU @ h_in.transpose(-1, -2)).neg_()
     dk = delta @ dh_out.transpose(-1, -2)
-    d_decay = (h_in * dh_out).sum((-2, -1))
+    d_decay = (h_in.flatten(-2).unsqueeze(-2) @ dh_out.flatten(-2).unsqueeze(-1))[..., 0, 0]
     return (dU.contiguous(), dW.to(W.dtype).contiguous(), dk.to(k_dec.dtype).contiguous(),
             d_decay.to(decay.dtype).contiguous(), dh0.contiguous(), dh_out)
 
