@@ -1,8 +1,12 @@
-"""Test-suite wide settings: GPU tests are skipped without CUDA; no test touches the network or the user cache."""
+"""Test-suite wide settings: GPU tests are skipped without CUDA; no test touches the network or the user cache (nor
+torch's compile cache: each session gets its own)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,12 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# A fresh inductor cache for each test session (subprocesses share it): torch's on-disk cache does not key on a custom
+# op's fake (register_fake), so graphs compiled against an earlier fake survive a change to it and fail inductor's
+# stride checks (2026-12-07, the GDN state-pass op). Tests must not depend on what earlier runs left behind.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="archscale-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
