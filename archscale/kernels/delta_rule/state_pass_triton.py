@@ -137,10 +137,6 @@ def _precision() -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED else "ieee"
 
 
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
-
-
 def state_pass_fwd_triton(
     U: torch.Tensor, W: torch.Tensor, k_dec: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor,
     inject: torch.Tensor | None,
@@ -157,8 +153,8 @@ def state_pass_fwd_triton(
     grid = (Bsz * H, triton.cdiv(V, BV))
     _state_pass_fwd_kernel[grid](
         U, W, k_dec, decay, h0, inj, h_in, delta, final,
-        *_strides(U), *_strides(W), *_strides(k_dec), *decay.stride()[:2], *_strides(h0),
-        *_strides(inj), *_strides(h_in), *_strides(delta), *_strides(final),
+        *U.stride(), *W.stride(), *k_dec.stride(), *decay.stride()[:2], *h0.stride(),
+        *inj.stride(), *h_in.stride(), *delta.stride(), *final.stride(),
         H, nc, Q, K, V,
         BQ=BQ, BK=BK, BV=BV, HAS_INJECT=inject is not None, PRECISION=_precision(), num_warps=warps, num_stages=1,
     )
@@ -180,8 +176,8 @@ def state_pass_bwd_triton(
     grid = (Bsz * H, triton.cdiv(V, BV))
     _state_pass_bwd_kernel[grid](
         d_h_in, d_delta, d_final, W, k_dec, decay, dU, dh_out, dh0,
-        *_strides(d_h_in), *_strides(d_delta), *_strides(d_final), *_strides(W), *_strides(k_dec),
-        *decay.stride()[:2], *_strides(dU), *_strides(dh_out), *_strides(dh0),
+        *d_h_in.stride(), *d_delta.stride(), *d_final.stride(), *W.stride(), *k_dec.stride(),
+        *decay.stride()[:2], *dU.stride(), *dh_out.stride(), *dh0.stride(),
         H, nc, Q, K, V,
         BQ=BQ, BK=BK, BV=BV, PRECISION=_precision(), num_warps=warps, num_stages=1,
     )
