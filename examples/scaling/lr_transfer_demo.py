@@ -15,7 +15,10 @@ step; docs/scaling.md).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -51,13 +54,24 @@ def recipe(parametrization: str) -> Recipe:
     )
 
 
-def run(widths: list[int] = WIDTHS, lrs: list[float] = LRS, steps: int = STEPS) -> dict[str, LRTransferResult]:
+def run(widths: list[int] = WIDTHS, lrs: list[float] = LRS, steps: int = STEPS,
+        workers: int | None = None) -> dict[str, LRTransferResult]:
+    """Both sweeps; with ``workers`` > 1 (default: 2 where the machine has two cores) SP and μP++ run in parallel
+    processes. Each training run is seeded and single-threaded, so the losses do not depend on where it ran."""
+    tokens = byte_tokens()
+    recipes = {p: recipe(p) for p in ("sp", "mup++")}
+    options = {"steps": steps, "batch_size": 8, "tokens": tokens}
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers > 1:
+        # spawn, not fork: a forked child inherits torch's thread pools mid-state
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {p: pool.submit(lr_transfer, r, widths, lrs, **options) for p, r in recipes.items()}
+            return {p: future.result() for p, future in futures.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: extra threads only add overhead (and thrash on a busy machine)
     try:
-        tokens = byte_tokens()
-        return {p: lr_transfer(recipe(p), widths, lrs, steps=steps, batch_size=8, tokens=tokens)
-                for p in ("sp", "mup++")}
+        return {p: lr_transfer(r, widths, lrs, **options) for p, r in recipes.items()}
     finally:
         torch.set_num_threads(threads)
 

@@ -31,3 +31,12 @@ def test_mupp_keeps_the_best_lr_across_widths_while_sp_drifts(tmp_path: Path) ->
     assert all(row.min() < 2.6 for row in mupp.losses)  # every width learned more than byte frequencies
     path = demo.plot(results, tmp_path / "lr_transfer.png")
     assert path.stat().st_size > 20_000
+
+
+def test_parallel_sweeps_match_serial() -> None:
+    """The demo runs SP and μP++ in two processes; every loss must equal the in-process run's."""
+    demo = load_demo()
+    kwargs = {"widths": [32, 64], "lrs": [2.0**-8, 2.0**-6], "steps": 4}
+    parallel, serial = demo.run(**kwargs, workers=2), demo.run(**kwargs, workers=1)
+    for p in ("sp", "mup++"):
+        assert parallel[p].losses.shape == (2, 2) and (parallel[p].losses == serial[p].losses).all(), p
