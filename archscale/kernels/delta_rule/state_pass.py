@@ -38,8 +38,9 @@ __all__ = ["state_pass"]
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 # The Triton kernels have so far passed their tests only under the Triton interpreter: the session that wrote them
-# (2026-12-07) had no GPU time left. CUDA keeps the loop until tests/kernels/test_delta_rule_triton.py passes on the
-# card and benchmarks/recurrent_mixers_bench.py shows the gain (issue #8; benchmarks/RESULTS.md).
+# (2026-12-07) had no GPU time left, and the next one got no machine. CUDA keeps the loop until
+# tests/kernels/test_delta_rule_triton.py passes on the card and benchmarks/recurrent_mixers_bench.py shows the gain
+# (issue #8; benchmarks/RESULTS.md).
 TRITON_ON_CUDA = False
 
 
