@@ -14,7 +14,7 @@ import functools
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -162,30 +162,28 @@ def test_interpreted(interpreted: dict[str, dict], name: str) -> None:
     check(name, dict(interpreted[name]))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", CASES)
-def test_on_cuda(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def cuda_fp32(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A CUDA device, full fp32 products (the kernels follow PyTorch's TF32 flag) and the kernels switched on."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", True)  # not yet the default: see state_pass.py
+    # Saved and restored by hand: the flag is served by __getattr__, which monkeypatch's undo cannot restore.
     previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # full fp32 products: the kernels follow this flag
-    try:
-        check(name, CASES[name]("cuda"))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @pytest.mark.gpu
-def test_kernels_at_model_dims_on_cuda() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        check("kernels", case_kernels("cuda", MODEL_SHAPES))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+@pytest.mark.parametrize("name", CASES)
+def test_on_cuda(name: str, cuda_fp32: None) -> None:
+    check(name, CASES[name]("cuda"))
+
+
+@pytest.mark.gpu
+def test_kernels_at_model_dims_on_cuda(cuda_fp32: None) -> None:
+    check("kernels", case_kernels("cuda", MODEL_SHAPES))
 
 
 def test_dispatch_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
