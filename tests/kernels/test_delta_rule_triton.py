@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def cuda_fp32(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A CUDA device, full fp32 products (the kernels follow PyTorch's TF32 flag) and the kernels switched on."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", True)  # not yet the default: see state_pass.py
+    monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", True)  # the kernels even without TF32
     # Saved and restored by hand: the flag is served by __getattr__, which monkeypatch's undo cannot restore.
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -193,6 +194,21 @@ def test_dispatch_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert state_pass_module._on_triton(torch.zeros(1)) == HAS_TRITON
     assert not state_pass_module._on_triton(torch.zeros(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("setting, tf32, expected", [(None, True, True), (None, False, False), (True, False, True),
+                                                     (False, True, False)])
+def test_dispatch_on_cuda(monkeypatch: pytest.MonkeyPatch, setting: bool | None, tf32: bool, expected: bool) -> None:
+    """On CUDA the kernels run where TF32 is allowed (they lose to the loop in full fp32 on the H100), unless
+    TRITON_ON_CUDA forces a path. A stand-in tensor: only .is_cuda and .dtype are read."""
+    monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", setting)
+    previous = torch.backends.cuda.matmul.allow_tf32  # served by __getattr__: restored by hand, as in cuda_fp32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        on_cuda = SimpleNamespace(is_cuda=True, dtype=torch.float32)
+        assert state_pass_module._on_triton(on_cuda) == (expected and HAS_TRITON)  # type: ignore[arg-type]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ recursion in reverse (for c = nc-1 … 0, with dh the gradient reaching h_{c+1})
 The recursions themselves (h forward, dh backward) are the only sequential part; the backward's gradients that
 sum over value columns (dW, dK̃, da) are batched products over all chunks once dΔ and each chunk's dh are known.
 The recursions are either Triton kernels that keep the state on chip
-(:mod:`archscale.kernels.delta_rule.state_pass_triton`; on CUDA once ``TRITON_ON_CUDA`` is set, see there) or a
+(:mod:`archscale.kernels.delta_rule.state_pass_triton`; on CUDA when TF32 is allowed, see ``TRITON_ON_CUDA``) or a
 Python loop of PyTorch products (the specification the kernels are tested against; float64 and the CPU).
 """
 
@@ -37,20 +37,22 @@ __all__ = ["state_pass"]
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
-# The Triton kernels have so far passed their tests only under the Triton interpreter: the session that wrote them
-# (2026-12-07) had no GPU time left, and the next one got no machine. CUDA keeps the loop until
-# tests/kernels/test_delta_rule_triton.py passes on the card and benchmarks/recurrent_mixers_bench.py shows the gain
-# (issue #8; benchmarks/RESULTS.md).
-TRITON_ON_CUDA = False
+# Which path CUDA calls take. None (the default): the Triton kernels when PyTorch allows TF32 for fp32 products
+# (torch.backends.cuda.matmul.allow_tf32, which the kernels' products then follow), the loop otherwise. Measured on
+# the lent H100 (2026-12-07, benchmarks/RESULTS.md, issue #8), one compiled GDN layer, same process: with TF32 the
+# kernels are 2.2x faster than the loop on B1 x T16K of documents (25.2 vs 56.5 ms) and 1.19x on B4 x T4096; with
+# full fp32 products they lose on B4 x T4096 (112 vs 37.5 ms), their products then running off the tensor cores.
+# True: always the kernels (the GPU tests use it to check them in full fp32); False: always the loop.
+TRITON_ON_CUDA: bool | None = None
 
 
 def _on_triton(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels take this call: CUDA tensors below float64 (once TRITON_ON_CUDA), or CPU ones
+    """Whether the Triton kernels take this call: CUDA tensors below float64 as TRITON_ON_CUDA says, or CPU ones
     when the Triton interpreter runs kernels (``TRITON_INTERPRET=1``, the CPU tests)."""
     if not _HAS_TRITON or t.dtype == torch.float64:
         return False
     if t.is_cuda:
-        return TRITON_ON_CUDA
+        return torch.backends.cuda.matmul.allow_tf32 if TRITON_ON_CUDA is None else TRITON_ON_CUDA
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

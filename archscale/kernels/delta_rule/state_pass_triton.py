@@ -15,7 +15,8 @@ communication:
 The adjoint kernel returns dΔ (= dU) and the gradient reaching each chunk's end state; the gradients that sum over
 value columns (dW, dK̃, da) are batched products over all chunks at once, computed by the caller.
 
-Not yet chosen on CUDA by default: :data:`archscale.kernels.delta_rule.state_pass.TRITON_ON_CUDA` says why.
+On CUDA they run where TF32 is allowed: :data:`archscale.kernels.delta_rule.state_pass.TRITON_ON_CUDA` says
+why.
 
 Math in fp32 (the chunked form runs in fp32; float64 stays on the PyTorch loop). The products use TF32 when
 ``torch.backends.cuda.matmul.allow_tf32`` allows it for PyTorch's own fp32 products, else full fp32 ("ieee").
@@ -127,10 +128,11 @@ INTERPRETED: bool = type(_state_pass_fwd_kernel).__name__ == "InterpretedFunctio
 
 def _blocks(Q: int, K: int, V: int) -> tuple[int, int, int, int]:
     """(BQ, BK, BV, warps): the chunk and the keys whole (tl.dot needs at least 16 along each side), values in
-    blocks small enough that the (K, BV) state and the (Q, K) tiles of W and K̃ fit on chip at K = 256."""
+    blocks of at most 8 192 state entries per program. At GDN's K 256, V 512 on the H100 (RESULTS.md, 2026-12-07)
+    BV 32 with 8 warps ran the varlen layer in 26.1 ms against 29.5 ms for BV 16 with 4 warps."""
     BQ, BK = max(16, triton.next_power_of_2(Q)), max(16, triton.next_power_of_2(K))
-    BV = max(16, min(triton.next_power_of_2(V), 4096 // BK, 64))
-    return BQ, BK, BV, 4
+    BV = max(16, min(triton.next_power_of_2(V), 8192 // BK, 64))
+    return BQ, BK, BV, 8 if BK * BV > 4096 else 4
 
 
 def _precision() -> str:
