@@ -3,7 +3,7 @@ an attention layer of the same width, in the same process.
 
     python benchmarks/recurrent_mixers_bench.py                      # both cases, a table at the end
     python benchmarks/recurrent_mixers_bench.py --cases varlen --iters 20 --mixers mamba2,gdn
-    python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_triton   # GDN's state pass: loop vs Triton
+    python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_loop   # GDN's state pass: Triton vs loop
 
 Layers come from the mixer registry with their default configs (REFERENCE §3) at SambaY / ArchScale d16 width,
 d_model 2048: Mamba-2 (d_state 128, head_dim 64, expand 2: 64 heads, chunk 256), GDN (6 heads of K 256, V 512,
@@ -13,6 +13,8 @@ chunk 64), and the baseline ``attention`` (16 heads of 128, 4 KV heads, RoPE). E
 Cases:
     dense   B4 T4096
     varlen  B1 T16384 packed from documents of 1-6K tokens (fixed seed), cu_seqlens passed through SeqInfo
+
+fp32 products use TF32 (as in benchmarks/train_throughput.py) unless --no-tf32.
 
 Time = median of --iters CUDA-event timings of forward + backward (upstream gradient fixed) after --warmup calls
 (the first ones compile). Peak = torch.cuda.max_memory_allocated during one step minus what was allocated before
@@ -42,9 +44,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "mamba2": {},
     "gdn": {},
 }
-# Variants measured next to the registered mixers: "gdn_triton" is GDN with the chunk-to-chunk state pass on the
-# Triton kernels (archscale/kernels/delta_rule/state_pass_triton.py), not yet CUDA's default.
-VARIANTS = {"gdn_triton": "gdn"}
+# Variants measured next to the registered mixers: "gdn_loop" is GDN with the chunk-to-chunk state pass on the
+# PyTorch loop instead of the Triton kernels (archscale/kernels/delta_rule/state_pass.py, TRITON_ON_CUDA).
+VARIANTS = {"gdn_loop": "gdn"}
 CASES = {"dense": {"B": 4, "T": 4096, "varlen": False}, "varlen": {"B": 1, "T": 16384, "varlen": True}}
 
 
@@ -66,13 +68,14 @@ def build(name: str) -> torch.nn.Module:
 
 def picked_impl(name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
-    if name in ("gdn", "gdn_triton"):
+    if name in ("gdn", "gdn_loop"):
         from archscale.kernels.delta_rule import fla_refusal
 
         reason = fla_refusal(torch.device("cuda"))
         if reason is None:
             return "fla"
-        return "chunked (compiled; fla refused)" + ("; Triton pass" if name == "gdn_triton" else "")
+        triton_pass = name != "gdn_loop" and torch.backends.cuda.matmul.allow_tf32  # state_pass.TRITON_ON_CUDA
+        return "chunked (compiled; fla refused)" + ("; Triton pass" if triton_pass else "; loop pass")
     if name == "mamba2":
         return "chunked (compiled)"
     return "auto"
@@ -81,7 +84,7 @@ def picked_impl(name: str) -> str:
 def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     from archscale.kernels.delta_rule import state_pass
 
-    state_pass.TRITON_ON_CUDA = name == "gdn_triton"  # read by the op at run time, not baked into the graph
+    state_pass.TRITON_ON_CUDA = False if name == "gdn_loop" else None  # read at run time, not in the graph
     c = CASES[case]
     B, T = c["B"], c["T"]
     torch.manual_seed(0)
@@ -141,13 +144,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="dense,varlen")
     parser.add_argument("--mixers", default="attention,mamba2,gdn",
-                        help="attention first: it is the baseline; also gdn_triton (GDN's Triton state pass)")
+                        help="attention first: it is the baseline; also gdn_loop (GDN's state pass as a PyTorch loop)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="full-precision fp32 products (the chunked GDN and Mamba-2 forms compute in fp32)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("recurrent_mixers_bench needs a CUDA device")
-    print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    # As benchmarks/train_throughput.py: TF32 for fp32 products, which the Triton state pass follows too.
+    torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+    print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  tf32 {not args.no_tf32}", flush=True)
     rows = [run(m, case, args.warmup, args.iters) for case in args.cases.split(",") for m in args.mixers.split(",")]
 
     print(f"\n{'case':7} {'mixer':10} {'impl':46} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
