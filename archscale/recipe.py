@@ -201,6 +201,10 @@ class SystemSpec(StrictModel):
         default="auto", description="auto = bf16-mixed on CUDA, 32-true on CPU."
     )
     compile: bool | None = Field(default=None, description="torch.compile the model; None = on for CUDA only.")
+    tf32: bool = Field(
+        default=True, description="On CUDA, let float32 products use TF32 tensor cores (10-bit mantissa inputs, fp32 "
+        "accumulation): the chunked Gated DeltaNet and Mamba-2 forms compute in fp32; bf16 products are unaffected. "
+        "False = full fp32 products.")
     activation_checkpointing: bool = Field(
         default=False, description="Recompute each block's activations in the backward pass instead of storing "
         "them (less memory for long context, about one more forward of compute).")

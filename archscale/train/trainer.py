@@ -103,6 +103,8 @@ class Trainer:
         from archscale.optim.schedules import lr_multiplier, make_lr_scheduler
 
         fabric.seed_everything(sysc.seed)
+        if fabric.device.type == "cuda":
+            _use_tf32(sysc.tf32)
         if sysc.strategy == "fsdp":
             model = build_model_for(recipe)  # same initial weights on every rank, then sharded by setup_module
         else:
@@ -316,6 +318,14 @@ class Trainer:
             count += 1
         model.train()
         return float(self.fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
+
+
+def _use_tf32(enabled: bool) -> None:
+    """Whether float32 products on CUDA may use TF32 (matrix products and cuDNN convolutions). Set in each process
+    (the flags are per process). The benchmarks measure with TF32 on (benchmarks/train_throughput.py), and GDN's
+    Triton state pass runs only where it is on (archscale/kernels/delta_rule/state_pass.py)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def _make_fabric(recipe: Recipe) -> Fabric:
