@@ -69,12 +69,13 @@ def build(name: str) -> torch.nn.Module:
 def picked_impl(name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
     if name in ("gdn", "gdn_loop"):
-        from archscale.kernels.delta_rule import fla_refusal
+        from archscale.kernels.delta_rule import fla_refusal, state_pass
 
         reason = fla_refusal(torch.device("cuda"))
         if reason is None:
             return "fla"
-        triton_pass = name != "gdn_loop" and torch.backends.cuda.matmul.allow_tf32  # state_pass.TRITON_ON_CUDA
+        # The op's own dispatch, as run() has set TRITON_ON_CUDA for this row.
+        triton_pass = state_pass._on_triton(torch.empty(0, device="cuda"))
         return "chunked (compiled; fla refused)" + ("; Triton pass" if triton_pass else "; loop pass")
     if name == "mamba2":
         return "chunked (compiled)"
