@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,17 +31,13 @@ def test_trainer_bf16_compiled_on_cuda(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("tf32", [False, True])
-def test_trainer_sets_tf32_as_the_recipe_says(tmp_path: Path, tf32: bool) -> None:
+def test_trainer_sets_tf32_as_the_recipe_says(tmp_path: Path, set_tf32: Callable[[bool], None], tf32: bool) -> None:
     """system.tf32 reaches PyTorch's flags on CUDA, which GDN's Triton state pass and fp32 products follow."""
     data = write_pattern_data(tmp_path / "data")
     recipe = tiny_recipe(data, tmp_path / "run", device="cuda", compile=False, precision="auto", tf32=tf32)
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
-    try:
-        Trainer(recipe).fit()
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    set_tf32(not tf32)
+    Trainer(recipe).fit()
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
 
 
 def test_bf16_autocast_forward_close_to_fp32() -> None:

@@ -14,7 +14,7 @@ import functools
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -164,16 +164,12 @@ def test_interpreted(interpreted: dict[str, dict], name: str) -> None:
 
 
 @pytest.fixture
-def cuda_fp32(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def cuda_fp32(monkeypatch: pytest.MonkeyPatch, set_tf32: Callable[[bool], None]) -> None:
     """A CUDA device, full fp32 products (the kernels follow PyTorch's TF32 flag) and the kernels switched on."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", True)  # the kernels even without TF32
-    # Saved and restored by hand: the flag is served by __getattr__, which monkeypatch's undo cannot restore.
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = previous
+    set_tf32(False)
 
 
 @pytest.mark.gpu
@@ -198,17 +194,14 @@ def test_dispatch_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("setting, tf32, expected", [(None, True, True), (None, False, False), (True, False, True),
                                                      (False, True, False)])
-def test_dispatch_on_cuda(monkeypatch: pytest.MonkeyPatch, setting: bool | None, tf32: bool, expected: bool) -> None:
+def test_dispatch_on_cuda(monkeypatch: pytest.MonkeyPatch, set_tf32: Callable[[bool], None], setting: bool | None,
+                          tf32: bool, expected: bool) -> None:
     """On CUDA the kernels run where TF32 is allowed (they lose to the loop in full fp32 on the H100), unless
     TRITON_ON_CUDA forces a path. A stand-in tensor: only .is_cuda and .dtype are read."""
     monkeypatch.setattr(state_pass_module, "TRITON_ON_CUDA", setting)
-    previous = torch.backends.cuda.matmul.allow_tf32  # served by __getattr__: restored by hand, as in cuda_fp32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        on_cuda = SimpleNamespace(is_cuda=True, dtype=torch.float32)
-        assert state_pass_module._on_triton(on_cuda) == (expected and HAS_TRITON)  # type: ignore[arg-type]
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    set_tf32(tf32)
+    on_cuda = SimpleNamespace(is_cuda=True, dtype=torch.float32)
+    assert state_pass_module._on_triton(on_cuda) == (expected and HAS_TRITON)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

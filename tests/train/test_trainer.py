@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,13 @@ def comparable(records: list[dict]) -> list[dict]:
     return [{k: r[k] for k in COMPARED if k in r} for r in records]
 
 
-def test_trains_and_writes_the_run_directory(pattern_data: Path, tmp_path: Path) -> None:
+def test_trains_and_writes_the_run_directory(
+    pattern_data: Path, tmp_path: Path, set_tf32: Callable[[bool], None]
+) -> None:
     out = tmp_path / "run"
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        result = Trainer(tiny_recipe(pattern_data, out)).fit()  # system.tf32 defaults to True
-        assert torch.backends.cuda.matmul.allow_tf32 is False, "system.tf32 is for CUDA runs; a CPU run leaves it"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    set_tf32(False)
+    result = Trainer(tiny_recipe(pattern_data, out)).fit()  # system.tf32 defaults to True
+    assert torch.backends.cuda.matmul.allow_tf32 is False, "system.tf32 is for CUDA runs; a CPU run leaves it"
     assert result.steps == 12 and result.tokens == 12 * 256
     for name in ("recipe.resolved.json", "environment.json", "metrics.jsonl", "loss.png"):
         assert (out / name).is_file(), name
