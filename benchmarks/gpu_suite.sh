@@ -22,7 +22,7 @@ fi
 
 if has kernels; then
 echo "== kernel benchmarks (each against its reference / baseline in the same process)"
-for b in ${BENCHES:-selective_scan_bench attention_bench fused_ce_bench recurrent_mixers_bench}; do
+for b in ${BENCHES:-selective_scan_bench attention_bench fused_ce_bench cast_matmul_bench recurrent_mixers_bench}; do
   [ -f "benchmarks/$b.py" ] || continue
   echo "-- $b"
   timeout 420 python3 "benchmarks/$b.py" 2>&1 | tee "$OUT/$b.log" | tail -25

@@ -373,7 +373,44 @@ _INTERPRETED_SCRIPT = textwrap.dedent(
         acc.extend([out.loss.detach(), out.cross_entropy.detach(), h.grad, w.grad])
     errors = [rel(a, b) for a, b in zip(got, want)]
     assert max(errors) < 1e-5, errors
-    print("OK", errors)
+
+    # float32 weights under 16-bit autocast: the Triton products round the head's tiles themselves (no copy of
+    # the head); same rounding as the torch path's copy, so only the order of float32 sums differs. fp16, since
+    # the interpreter multiplies bf16 tiles wrongly (tests/kernels/test_cast_matmul.py).
+    import archscale.kernels.cross_entropy.cast_matmul as cm
+    calls = []
+    original = cm.cast_matmul
+    cm.cast_matmul = lambda *a, **k: calls.append(k["dot_dtype"]) or original(*a, **k)
+    results = []
+    for impl in ("triton", "torch"):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = linear_cross_entropy(h, w, targets, z_loss=1e-3, impl=impl, chunk_size=8)
+        out.loss.backward()
+        results.append([out.loss.detach(), h.grad, w.grad])
+    assert calls == [torch.float16] * 10, calls  # 5 chunks, two products each, only on the Triton path
+    errors16 = [rel(a, b) for a, b in zip(*results)]
+    assert max(errors16) < 2e-3, errors16
+
+    # bf16, which the interpreter cannot multiply: the Triton path keeps its row kernel and copies the head.
+    calls.clear()
+    results = []
+    for impl in ("triton", "torch"):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear_cross_entropy(h, w, targets, impl=impl, chunk_size=8)
+        out.loss.backward()
+        results.append([out.loss.detach(), h.grad, w.grad])
+    assert calls == [], calls
+    errors_bf16 = [rel(a, b) for a, b in zip(*results)]
+    assert max(errors_bf16) < 1e-2, errors_bf16
+    try:
+        original(hidden, weight.t(), torch.empty(37, 130), dot_dtype=torch.bfloat16)
+    except ValueError as e:
+        assert "interpreter multiplies bfloat16 tiles wrongly" in str(e), e
+    else:
+        raise AssertionError("cast_matmul accepted bf16 under the interpreter")
+    print("OK", errors, errors16, errors_bf16)
     """
 )
 
@@ -484,3 +521,41 @@ def test_cuda_compiled_bf16_weights_hold_one_chunk_of_logits_beyond_the_gradient
     beyond = torch.cuda.max_memory_allocated() - base - grads
     logits_chunk = chunk * v * 2
     assert beyond <= 1.1 * logits_chunk + 2**22, (beyond / logits_chunk, beyond)
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_fp32_weights_under_autocast_hold_no_copy_of_the_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiled, float32 weights under bf16 autocast (the Trainer's setting), with the in-product rounding on: the
+    products round the head's tiles on chip, so beyond the gradients the loss holds one chunk of logits, not also
+    a bf16 (V, d) copy of the head (which at these sizes would be 1.0 chunk more)."""
+    import archscale.kernels.cross_entropy as ce_module
+
+    monkeypatch.setattr(ce_module, "CAST_IN_PRODUCT_ON_CUDA", True)
+    n, v, d, chunk = 8192, 32000, 1024, 1024
+    hidden, weight, targets = make_inputs(n, v, d, dtype=torch.float32, device="cuda")
+    h, w = hidden.requires_grad_(True), weight.requires_grad_(True)
+
+    def loss_fn(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return linear_cross_entropy(h, w, t, chunk_size=chunk).loss
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    for _ in range(2):
+        h.grad = w.grad = None
+        compiled(h, w, targets).backward()
+    h.grad = w.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss = compiled(h, w, targets)
+    loss.backward()
+    torch.cuda.synchronize()
+    grads = sum(g.numel() * g.element_size() for g in (h.grad, w.grad))
+    beyond = torch.cuda.max_memory_allocated() - base - grads
+    logits_chunk = chunk * v * 2
+    assert beyond <= 1.1 * logits_chunk + 2**22, (beyond / logits_chunk, beyond)
+    exact = run(cross_entropy_reference, hidden.detach(), weight.detach(), targets, upstream=1.0)
+    assert abs(loss.item() - exact["loss"].item()) < 1e-2 * exact["loss"].item()
+    assert rel_err(w.grad, exact["grad_weight"]) < 2e-2 and rel_err(h.grad, exact["grad_hidden"]) < 2e-2

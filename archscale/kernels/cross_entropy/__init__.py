@@ -13,7 +13,9 @@ so that runs with and without z-loss stay comparable. With every target ignored 
 - :func:`linear_cross_entropy` (the fused path): chunks of tokens, gradients computed during the forward
   (:mod:`.chunked`); one chunk of logits alive at a time and no other workspace (the weight gradient accumulates
   in its own dtype, see there for the rounding); fp32 log-sum-exp; matmuls in the autocast dtype
-  under autocast. On CUDA the per-row softmax/gradient is a Triton kernel (:mod:`.triton`). It is one
+  under autocast. On CUDA the per-row softmax/gradient is a Triton kernel (:mod:`.triton`), and a float32 head
+  under 16-bit autocast is rounded tile by tile inside the Triton products of :mod:`.cast_matmul` rather than
+  copied whole to the compute dtype. It is one
   ``torch.library`` custom op (``archscale::linear_cross_entropy``) with a registered autograd formula, so
   ``torch.compile(fullgraph=True)`` of a whole model traces it as a single opaque node: no graph break, no
   unrolled loop. Gradients flow to hidden and weight; ``logit_multiplier`` and ``z_loss`` are constants.
@@ -48,6 +50,14 @@ __all__ = [
 ]
 
 
+# Whether impl="auto" on CUDA reads a float32 head in the Triton products of .cast_matmul, rounding each tile on
+# chip, instead of making a compute-dtype copy of the whole (V, d) head for cuBLAS (0.76 GiB at V 200 064, d 2048:
+# 12.5% of the naive head's peak memory, over issue #8's 10% budget by itself). Off until those products are
+# measured on the card against cuBLAS: written in a session that got no GPU (benchmarks/RESULTS.md, 2026-12-07,
+# fourth session). impl="triton" uses them regardless, and so do the tests.
+CAST_IN_PRODUCT_ON_CUDA: bool = False
+
+
 @functools.cache
 def _triton_available() -> bool:
     try:
@@ -55,6 +65,12 @@ def _triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _cast_matmul_supports(dtype: torch.dtype) -> bool:
+    from archscale.kernels.cross_entropy.cast_matmul import supports
+
+    return supports(dtype)
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -89,13 +105,17 @@ def _linear_cross_entropy_op(
     use_triton = impl == "triton" or (
         impl == "auto" and hidden.is_cuda and compute_dtype != torch.float64 and _triton_available()
     )
+    cast_in_product = (
+        use_triton and (impl == "triton" or CAST_IN_PRODUCT_ON_CUDA) and weight.dtype.itemsize > 2
+        and _cast_matmul_supports(compute_dtype)
+    )
     # The dtypes are explicit (compute_dtype was read from autocast by the caller); an autocast region still
     # active at run time (a compiled model called inside one) must not re-cast anything in here.
     with fp32_region(hidden):
         loss, ce, grad_h, grad_w = chunked_linear_cross_entropy(
             hidden, weight, targets, ignore_index=ignore_index, z_loss=z_loss, logit_multiplier=logit_multiplier,
             chunk_size=chunk_size, compute_dtype=compute_dtype, mean=mean, with_grad=with_grad,
-            use_triton=use_triton,
+            use_triton=use_triton, cast_in_product=cast_in_product,
         )
     if grad_h is None or grad_w is None:
         return loss, ce, hidden.new_empty(0), weight.new_empty(0)
@@ -171,7 +191,8 @@ def linear_cross_entropy(
 
     ``chunk_size``: tokens per chunk (None: :func:`auto_chunk_size`, 1 024 for 16-bit weights, 2 048 for float32).
     ``impl``: "auto" uses the Triton row kernel on CUDA when triton imports, else torch; "triton" forces it
-    (also on CPU under ``TRITON_INTERPRET=1``, for tests)."""
+    (also on CPU under ``TRITON_INTERPRET=1``, for tests) together with the Triton products that round a float32
+    head on chip (:data:`CAST_IN_PRODUCT_ON_CUDA` says whether "auto" uses those)."""
     check_args(hidden, weight, targets, z_loss, reduction)
     if chunk_size is None:
         chunk_size = auto_chunk_size(weight.dtype)

@@ -85,6 +85,16 @@ def _cast_matmul_kernel(
         tl.atomic_add(out_ptrs, acc, mask=mask)
 
 
+# Triton's interpreter (TRITON_INTERPRET=1, the CPU tests) multiplies bf16 tiles wrongly in Triton 3.8: it reads
+# their bits as another type. fp16 interprets correctly.
+INTERPRETED: bool = type(_cast_matmul_kernel).__name__ == "InterpretedFunction"
+
+
+def supports(dot_dtype: torch.dtype) -> bool:
+    """Whether :func:`cast_matmul` computes in ``dot_dtype`` here (bf16 not under the interpreter)."""
+    return dot_dtype in _TL_DTYPES and not (INTERPRETED and dot_dtype == torch.bfloat16)
+
+
 def cast_matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -107,6 +117,9 @@ def cast_matmul(
                          f"{tuple(out.shape)}")
     if dot_dtype not in _TL_DTYPES:
         raise ValueError(f"cast_matmul multiplies in bfloat16 or float16, not {dot_dtype}")
+    if not supports(dot_dtype):
+        raise ValueError("cast_matmul: Triton's interpreter multiplies bfloat16 tiles wrongly; test with "
+                         "dot_dtype=torch.float16 under TRITON_INTERPRET=1, or run on a GPU")
     if split_k not in (1, 2):
         raise ValueError(f"split_k must be 1 or 2 (2 parts still add deterministically), got {split_k}")
     if split_k == 2 and out.dtype != torch.float32:

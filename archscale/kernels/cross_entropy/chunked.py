@@ -13,7 +13,9 @@ upstream factor ``dL_total/dloss`` once the forward is done: the backward only m
 forward" scheme of Liger-Kernel, Hsu et al. 2024, and of Wijmans et al. 2024, "Cut your losses"). The matmul
 FLOPs equal the naive path's (2NVd forward, 4NVd backward), and no logits are recomputed.
 
-Memory beyond the inputs and the returned gradients: one chunk of logits (C·V in the compute dtype). The weight
+Memory beyond the inputs and the returned gradients: one chunk of logits (C·V in the compute dtype), plus, for a
+weight wider than the compute dtype on the torch path, the weight's copy in that dtype (the Triton path reads the
+float32 weight and rounds it on chip instead: ``cast_in_product``). The weight
 gradient is accumulated in place in the buffer that is returned, in the weight's dtype: float32 for the Trainer's
 float32 weights under autocast; for 16-bit weights each chunk's product is computed in float32 (the GEMM's
 accumulator) and added to the 16-bit sum, so the sum is rounded once per chunk (N/C times) instead of once as in
@@ -134,12 +136,18 @@ def chunked_linear_cross_entropy(
     mean: bool,
     with_grad: bool,
     use_triton: bool,
+    cast_in_product: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(loss, cross_entropy, grad_hidden, grad_weight) for hidden (N, d), weight (V, d), targets (N,) (int64).
 
     loss = (Σ CE_i + z_loss · Σ lse_i²) · scale over valid rows, scale = 1/max(n_valid, 1) for a mean, else 1.
     The losses are float32 (float64 for a float64 compute dtype); the gradients are those of ``loss`` (in
-    hidden's and weight's dtypes), or None without ``with_grad``."""
+    hidden's and weight's dtypes), or None without ``with_grad``.
+
+    ``cast_in_product`` (Triton; a weight wider than the 16-bit compute dtype, i.e. float32 under autocast): the
+    two products that read the weight round its tiles to the compute dtype as they load them
+    (:mod:`.cast_matmul`) instead of reading a compute-dtype copy of the whole (V, d) head, which would otherwise
+    be alive during the whole loss. Same rounding, same FLOPs; the weight gradient's product is unchanged."""
     n, _ = hidden.shape
     acc_dtype = accumulate_dtype(compute_dtype)
     valid = targets != ignore_index
@@ -147,7 +155,11 @@ def chunked_linear_cross_entropy(
         scale = 1.0 / valid.sum().clamp_min(1).to(acc_dtype)
     else:
         scale = torch.ones((), dtype=acc_dtype, device=hidden.device)
-    w = weight.to(compute_dtype)  # (V, d); no copy when the dtypes agree
+    if cast_in_product:
+        from archscale.kernels.cross_entropy.cast_matmul import cast_matmul
+        w = weight  # read in float32 by the products below, each tile rounded on chip
+    else:
+        w = weight.to(compute_dtype)  # (V, d); no copy when the dtypes agree
     row_ce = torch.empty(n, dtype=acc_dtype, device=hidden.device)
     row_lse = torch.empty(n, dtype=acc_dtype, device=hidden.device)
     grad_h = torch.empty_like(hidden) if with_grad else None
@@ -161,7 +173,12 @@ def chunked_linear_cross_entropy(
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
         h = hidden[start:end].to(compute_dtype)  # (C, d)
-        logits = h @ w.t()  # (C, V)
+        if cast_in_product:  # (logits)ᵀ = W hᵀ: the converted float32 tiles are the first operand, which wgmma
+            # can read from registers (so they need not go back through shared memory)
+            logits = torch.empty(end - start, w.shape[0], device=h.device, dtype=compute_dtype)
+            cast_matmul(w, h.t(), logits.t(), dot_dtype=compute_dtype)
+        else:
+            logits = h @ w.t()  # (C, V)
         dlogits = rows(
             logits, targets[start:end], row_ce[start:end], row_lse[start:end], scale,
             ignore_index=ignore_index, logit_multiplier=logit_multiplier, z_loss=z_loss, with_grad=with_grad,
@@ -169,7 +186,12 @@ def chunked_linear_cross_entropy(
         del logits
         if with_grad:
             assert grad_h is not None and grad_w is not None
-            mm_into(grad_h[start:end], dlogits, w)
+            if cast_in_product:  # (grad_h)ᵀ = Wᵀ (dlogits)ᵀ; the V-long sum in two halves gives the card twice the
+                # (d/128)·(C/128) output tiles (192 at d 2048, C 1 536: under 1.5 waves of 132 SMs alone)
+                split = 2 if grad_h.dtype == torch.float32 else 1
+                cast_matmul(w.t(), dlogits.t(), grad_h[start:end].t(), dot_dtype=compute_dtype, split_k=split)
+            else:
+                mm_into(grad_h[start:end], dlogits, w)
             if start == 0:
                 mm_into(grad_w, dlogits.t(), h)
             else:
