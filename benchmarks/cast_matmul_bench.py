@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from archscale.kernels.cross_entropy.cast_matmul import Blocks, cast_matmul
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from selective_scan_bench import cuda_median  # noqa: E402
+
+from archscale.kernels.cross_entropy.cast_matmul import Blocks, cast_matmul  # noqa: E402
 
 CONFIGS = {
     "128x128x64 w8 s3": Blocks(128, 128, 64, 8, 8, 3),
@@ -32,20 +36,6 @@ CONFIGS = {
     "128x128x64 w4 s4": Blocks(128, 128, 64, 8, 4, 4),
     "128x256x32 w8 s4": Blocks(128, 256, 32, 8, 8, 4),
 }
-
-
-def time_ms(fn: Callable[[], object], iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,7 +57,7 @@ def main() -> None:
     w = torch.randn(v, d, device=dev) * d**-0.5
     w16 = w.to(torch.bfloat16)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, V {v}, d {d}", flush=True)
-    cast = time_ms(lambda: w.to(torch.bfloat16), args.iters, args.warmup)
+    cast = cuda_median(lambda: w.to(torch.bfloat16), args.iters, args.warmup)
     print(json.dumps({"op": "cast W to bf16", "ms": round(cast, 3)}), flush=True)
 
     def report(op: str, c: int, impl: str, ms: float, err: float | None) -> None:
@@ -79,13 +69,13 @@ def main() -> None:
         h16 = torch.randn(c, d, device=dev, dtype=torch.bfloat16)
         dl = (torch.randn(c, v, device=dev) * 1e-3).to(torch.bfloat16)
         logits_ref = h16 @ w16.t()
-        report("G1 logits", c, "cublas bf16 copy", time_ms(lambda: h16 @ w16.t(), args.iters, args.warmup), None)
+        report("G1 logits", c, "cublas bf16 copy", cuda_median(lambda: h16 @ w16.t(), args.iters, args.warmup), None)
         gh_ref = torch.mm(dl, w16, out_dtype=torch.float32)
         report("G2 grad_h", c, "cublas bf16 copy",
-               time_ms(lambda: torch.mm(dl, w16, out_dtype=torch.float32), args.iters, args.warmup), None)
+               cuda_median(lambda: torch.mm(dl, w16, out_dtype=torch.float32), args.iters, args.warmup), None)
         gw = torch.zeros(v, d, device=dev)
         report("G3 grad_W +=", c, "cublas",
-               time_ms(lambda: torch.addmm(gw, dl.t(), h16, out_dtype=torch.float32, out=gw), args.iters,
+               cuda_median(lambda: torch.addmm(gw, dl.t(), h16, out_dtype=torch.float32, out=gw), args.iters,
                        args.warmup), None)
         del gw
         logits = torch.empty(c, v, device=dev, dtype=torch.bfloat16)
@@ -104,7 +94,7 @@ def main() -> None:
             for key, fn in runs.items():
                 op, impl = key.split("|")
                 try:
-                    ms = time_ms(fn, args.iters, args.warmup)
+                    ms = cuda_median(fn, args.iters, args.warmup)
                 except Exception as exc:  # noqa: BLE001 - a config may not fit the card's shared memory
                     print(json.dumps({"op": op, "C": c, "impl": f"{impl}, {name}", "error": str(exc)[:160]}))
                     continue
