@@ -186,8 +186,9 @@ def chunked_linear_cross_entropy(
         del logits
         if with_grad:
             assert grad_h is not None and grad_w is not None
-            if cast_in_product:  # (grad_h)ᵀ = Wᵀ (dlogits)ᵀ; the V-long sum in two halves gives the card twice the
-                # (d/128)·(C/128) output tiles (192 at d 2048, C 1 536: under 1.5 waves of 132 SMs alone)
+            if cast_in_product:
+                # (grad_h)ᵀ = Wᵀ (dlogits)ᵀ. The V-long sum in two halves gives the card twice the (d/128)·(C/128)
+                # output tiles (192 at d 2048, C 1 536: under 1.5 waves of 132 SMs alone).
                 split = 2 if grad_h.dtype == torch.float32 else 1
                 cast_matmul(w.t(), dlogits.t(), grad_h[start:end].t(), dot_dtype=compute_dtype, split_k=split)
             else:
