@@ -37,7 +37,7 @@ _PTR_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*
               torch.int64: "*i64"}
 
 
-class _Recorder:
+class Recorder:
     """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call, launches nothing."""
 
     def __init__(self, fn: Any, calls: list) -> None:
@@ -57,7 +57,7 @@ def recording() -> Iterator[list]:
     calls: list = []
     try:
         for n in names:
-            setattr(ts, n, _Recorder(saved[n], calls))
+            setattr(ts, n, Recorder(saved[n], calls))
         yield calls
     finally:
         for n, fn in saved.items():
@@ -91,14 +91,22 @@ def specialise(fn: Any, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, in
     return signature, constexprs, attrs, num_warps
 
 
-def ptxas_usage(fn: Any, signature: dict, constexprs: dict, attrs: dict, num_warps: int, arch: int = 90) -> dict:
-    """Compile for sm_``arch`` and read ptxas' resource usage: {"registers", "spill_stores", "spill_loads"}."""
+def compile_for_sm(fn: Any, signature: dict, constexprs: dict, attrs: dict, num_warps: int,
+                   num_stages: int | None = None, arch: int = 90) -> Any:
+    """The kernel compiled for sm_``arch`` as the launch would be (``num_stages``: the launch's, else Triton's)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    options = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def ptxas_usage(compiled: Any, arch: int = 90) -> dict:
+    """ptxas' resource usage of a kernel from :func:`compile_for_sm`: {"registers", "spill_stores", "spill_loads"}."""
+    import triton
+
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "kernel.ptx")
@@ -110,7 +118,7 @@ def ptxas_usage(fn: Any, signature: dict, constexprs: dict, attrs: dict, num_war
     regs = re.search(r"Used (\d+) registers", res.stderr)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
     if regs is None or spills is None:
-        raise RuntimeError(f"unexpected ptxas output for {fn.__name__}:\n{res.stderr}")
+        raise RuntimeError(f"unexpected ptxas output for {compiled.name}:\n{res.stderr}")
     return {"registers": int(regs.group(1)), "spill_stores": int(spills.group(1)),
             "spill_loads": int(spills.group(2))}
 
@@ -178,7 +186,7 @@ def usage_table(batch: int = 1, seq_len: int = 256, d_inner: int = 3968, d_state
             seen.add(key)
             row = {"case": name, "kernel": fn.__name__, "flags": [f for f in FLAGS if constexprs.get(f) is True],
                    "chunked": constexprs.get("N_CHUNKS") != 1, "num_warps": warps,
-                   **ptxas_usage(fn, signature, constexprs, attrs, warps)}
+                   **ptxas_usage(compile_for_sm(fn, signature, constexprs, attrs, warps))}
             rows.append(row)
             if progress:
                 print(format_row(row), flush=True)

@@ -194,14 +194,12 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
     compiled for sm_90 without a GPU: Hopper's wgmma with the converted tiles in registers, shared memory within
     the H100's 227 KiB a block, no register spills. Triton's version here may not be the card's (GPU.md)."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     if not _scan_kernels_compiled_for_gpu():
         pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
-    from scan_registers import ptxas_usage, specialise
+    from scan_registers import Recorder, compile_for_sm, ptxas_usage, specialise
 
     import torch
 
@@ -209,7 +207,7 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
 
     calls: list = []
     kernel = cm._cast_matmul_kernel
-    cm._cast_matmul_kernel = type("Rec", (), {"__getitem__": lambda self, grid: lambda *a, **k: calls.append((a, k))})()
+    cm._cast_matmul_kernel = Recorder(kernel, calls)
     try:
         c, v, d = 64, 4096, 256
         w, h = torch.empty(v, d), torch.empty(c, d, dtype=torch.bfloat16)
@@ -219,15 +217,14 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
     finally:
         cm._cast_matmul_kernel = kernel
     assert len(calls) == 2
-    for args, kwargs in calls:
+    for fn, args, kwargs in calls:
         kwargs = dict(kwargs)
         stages = kwargs.pop("num_stages")
-        signature, constexprs, attrs, warps = specialise(kernel, args, kwargs)
+        signature, constexprs, attrs, warps = specialise(fn, args, kwargs)
         assert signature["a_ptr"] == "*fp32"  # the head's float32 tiles are the first operand
         assert "constexpr" in (signature["stride_am"], signature["stride_ak"])  # a unit stride, specialised
-        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+        compiled = compile_for_sm(fn, signature, constexprs, attrs, warps, num_stages=stages)
         assert "wgmma.mma_async" in compiled.asm["ptx"], "not compiled to Hopper's wgmma"
         assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
-        usage = ptxas_usage(kernel, signature, constexprs, attrs, warps)
+        usage = ptxas_usage(compiled)
         assert usage["spill_stores"] == usage["spill_loads"] == 0, usage
