@@ -4,8 +4,9 @@ Why: under autocast the Trainer's LM head is a float32 (V, d) weight that the pr
 multiplies operands of one dtype, so the fused cross-entropy used to make a bf16 copy of the whole head
 (0.76 GiB at V = 200 064, d = 2048), alive for the whole loss: 12.5% of the naive head's peak memory, more than
 issue #8's 10% budget on its own. Here each tile of the float32 operand is converted in registers right after it
-is loaded, so no copy exists; the extra cost is reading 4 bytes per weight instead of 2, which a product with
-C ≥ 1 024 tokens per chunk does at well over 300 FLOPs per byte read from memory, i.e. still compute-bound.
+is loaded, so no copy exists; the extra cost is reading 4 bytes per weight instead of 2. By arithmetic (not yet
+measured) a product with C ≥ 1 024 tokens per chunk still does over 300 FLOPs per byte read from memory, the
+H100's compute-bound side.
 
 ``cast_matmul(a, b, out)`` computes ``out = a @ b`` for a (M, K), b (K, N), out (M, N), any strides (so
 transposed views cost nothing), operands of any float dtype rounded to ``dot_dtype`` (bf16 or fp16), float32
@@ -26,7 +27,8 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 class Blocks(NamedTuple):
-    """Tile sizes and launch parameters; the defaults come from ``benchmarks/cast_matmul_bench.py`` on an H100."""
+    """Tile sizes and launch parameters. The defaults are the usual Hopper matmul tiles, not yet tuned on the card:
+    ``benchmarks/cast_matmul_bench.py`` compares configurations there (benchmarks/RESULTS.md)."""
 
     m: int = 128
     n: int = 128
