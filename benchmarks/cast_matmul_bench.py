@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fused_ce_bench import rel_err  # noqa: E402
 from selective_scan_bench import cuda_median  # noqa: E402
 
 from archscale.kernels.cross_entropy.cast_matmul import Blocks, cast_matmul  # noqa: E402
@@ -36,10 +37,6 @@ CONFIGS = {
     "128x128x64 w4 s4": Blocks(128, 128, 64, 8, 4, 4),
     "128x256x32 w8 s4": Blocks(128, 256, 32, 8, 8, 4),
 }
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
 def main() -> None:

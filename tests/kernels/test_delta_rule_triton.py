@@ -205,10 +205,6 @@ def test_dispatch_on_cuda(monkeypatch: pytest.MonkeyPatch, set_tf32: Callable[[b
     assert state_pass_module._on_triton(on_cuda) == (expected and HAS_TRITON)  # type: ignore[arg-type]
 
 
-if __name__ == "__main__":
-    _run_interpreted_cases()
-
-
 @pytest.mark.gpu
 def test_kernels_with_tf32_err_like_the_loop_with_tf32(set_tf32: Callable[[bool], None]) -> None:
     """With TF32 allowed (the Trainer's default, under which CUDA runs the kernels) the kernels' products round
@@ -222,3 +218,7 @@ def test_kernels_with_tf32_err_like_the_loop_with_tf32(set_tf32: Callable[[bool]
     assert max(loop.values()) > 1e-5, f"the loop's products did not use TF32: {loop}"
     worse = {k: (kernels[k], loop[k]) for k in loop if not kernels[k] <= 2 * loop[k]}
     assert not worse, f"kernel error vs loop error (both TF32), above 2x: {worse}"
+
+
+if __name__ == "__main__":
+    _run_interpreted_cases()
