@@ -6,8 +6,10 @@ real launches and finds no spilling backward variant (ptxas for sm_90, no GPU ne
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -228,3 +230,58 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
         assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
         usage = ptxas_usage(compiled)
         assert usage["spill_stores"] == usage["spill_loads"] == 0, usage
+
+
+def _state_pass_launches_for_sm90(round_to_tf32: bool) -> dict[str, tuple[str, dict]]:
+    """GDN's state-pass kernels at GDN's sizes with TF32 allowed, launched through their real launchers (nothing
+    runs) and compiled for sm_90: {kernel name: (ptx, ptxas usage)}."""
+    from scan_registers import Recorder, compile_for_sm, ptxas_usage, specialise
+
+    import torch
+
+    from archscale.kernels.delta_rule import state_pass_triton as sp
+
+    B, H, nc, Q, K, V = 1, 2, 3, 64, 256, 512  # chunk 64, key head 256, value head 512 (REFERENCE §3)
+    calls: list = []
+    saved = sp._state_pass_fwd_kernel, sp._state_pass_bwd_kernel, sp.ROUND_TO_TF32
+    sp._state_pass_fwd_kernel, sp._state_pass_bwd_kernel = Recorder(saved[0], calls), Recorder(saved[1], calls)
+    sp.ROUND_TO_TF32 = round_to_tf32
+    try:
+        UW = torch.empty(B, H, nc, V + K, Q).transpose(-1, -2)  # the solve's column-major output, as in the model
+        U, W, k_dec = UW[..., :V], UW[..., V:], torch.empty(B, H, nc, Q, K)
+        decay, h0 = torch.empty(B, H, nc), torch.empty(B, H, K, V)
+        sp.state_pass_fwd_triton(U, W, k_dec, decay, h0, torch.empty(B, H, nc, K, V))
+        sp.state_pass_bwd_triton(torch.empty(B, H, nc, K, V), torch.empty(B, H, nc, Q, V), h0, W, k_dec, decay)
+    finally:
+        sp._state_pass_fwd_kernel, sp._state_pass_bwd_kernel, sp.ROUND_TO_TF32 = saved
+    assert len(calls) == 2
+    out = {}
+    for fn, args, kwargs in calls:
+        kwargs = dict(kwargs)
+        stages = kwargs.pop("num_stages")
+        assert kwargs["PRECISION"] == "tf32" and kwargs["ROUND"] == round_to_tf32
+        compiled = compile_for_sm(fn, *specialise(fn, args, kwargs), num_stages=stages)
+        assert re.search(r"\.tf32", compiled.asm["ptx"]), f"{fn.__name__}: no TF32 product"
+        out[fn.__name__] = (compiled.asm["ptx"], ptxas_usage(compiled))
+    return out
+
+
+def test_state_pass_kernels_round_tf32_inputs_on_an_h100(set_tf32: Callable[[bool], None]) -> None:
+    """With TF32 allowed, GDN's state-pass kernels compiled for sm_90 round the state operand of each of their four
+    products to TF32 in registers (the ``& -8192`` that clears the dropped bits; Triton alone truncates, and the
+    kernels then erred ~8x more than PyTorch's TF32 loop on the H100), and not with ``ROUND_TO_TF32`` off. The
+    rounding may cost registers, not more than 128 bytes of spills per thread beyond the truncating kernels' own
+    (Triton 3.8 here; the card's Triton may differ, GPU.md)."""
+    import triton
+
+    if not _scan_kernels_compiled_for_gpu():
+        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
+    set_tf32(True)
+    rounded, truncated = _state_pass_launches_for_sm90(True), _state_pass_launches_for_sm90(False)
+    mask = re.compile(r"and\.b32\s+%r\d+, %r\d+, -8192;")
+    for name, (ptx, usage) in rounded.items():
+        assert len(mask.findall(ptx)) >= 4, f"{name}: the state operands are not rounded"
+        assert not mask.findall(truncated[name][0]), f"{name}: rounds with ROUND_TO_TF32 off"
+        assert usage["spill_stores"] <= truncated[name][1]["spill_stores"] + 128, (name, usage, truncated[name][1])

@@ -41,9 +41,11 @@ KERNEL_SHAPES = [(2, 3, 5, 4, 4, 6, False), (1, 2, 7, 5, 3, 20, True), (1, 1, 1,
 MODEL_SHAPES = [(1, 2, 6, 64, 256, 512, False), (2, 1, 3, 64, 256, 512, True)]
 
 
-def case_kernels(device: str, shapes: list[tuple] = KERNEL_SHAPES, loop_only: bool = False) -> dict[str, float]:
+def case_kernels(device: str, shapes: list[tuple] = KERNEL_SHAPES, loop_only: bool = False,
+                 refs: tuple[Callable, Callable] | None = None) -> dict[str, float]:
     """Forward and adjoint kernels against the loop in float64: the largest relative error of each output.
-    ``loop_only``: the loop in the inputs' dtype in place of the kernels (the error the loop itself makes)."""
+    ``loop_only``: the loop in the inputs' dtype in place of the kernels (the error the loop itself makes).
+    ``refs``: other float64 references (forward, adjoint) in place of the loops."""
     from archscale.kernels.delta_rule.state_pass_triton import state_pass_bwd_triton, state_pass_fwd_triton
 
     errs: dict[str, float] = {}
@@ -66,10 +68,63 @@ def case_kernels(device: str, shapes: list[tuple] = KERNEL_SHAPES, loop_only: bo
             ("bwd", state_pass_bwd_triton, state_pass_module.state_pass_bwd_loop, bwd_in, ("dU", "dh_out", "dh0")),
         ):
             got = (loop if loop_only else fast)(*args)
-            want = loop(*(None if t is None else t.double() for t in args))
+            ref = loop if refs is None else refs[kind == "bwd"]
+            want = ref(*(None if t is None else t.double() for t in args))
             for name, g, w in zip(names, got, want):
                 assert loop_only or g.is_contiguous(), f"{kind} {name} is not contiguous"
                 errs[f"{kind} {name}"] = max(errs.get(f"{kind} {name}", 0.0), rel_err(g.double(), w))
+    return errs
+
+
+def _rounded_loops(round_: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Callable, Callable]:
+    """The state pass's two loops (state_pass.py) in float64 with every product's operands rounded by ``round_``
+    and the state held in fp32, as the kernels hold it: what the kernels compute with TF32 rounding, exactly
+    multiplied."""
+    def fp32(x: torch.Tensor) -> torch.Tensor:
+        return x.float().double()
+
+    def fwd(U, W, k_dec, decay, h0, inject):  # noqa: ANN001, ANN202
+        h, h_in, delta = fp32(h0), [], []
+        for c in range(U.shape[2]):
+            h_in.append(h)
+            d = fp32(U[:, :, c] - round_(W[:, :, c]) @ round_(h))
+            delta.append(d)
+            h = decay[:, :, c, None, None] * h + round_(k_dec[:, :, c]).transpose(-1, -2) @ round_(d)
+            h = fp32(h if inject is None else h + inject[:, :, c])
+        return torch.stack(h_in, 2), torch.stack(delta, 2), h
+
+    def bwd(d_h_in, d_delta, d_final, W, k_dec, decay):  # noqa: ANN001, ANN202
+        dh, dh_out, dU = fp32(d_final), [], []
+        for c in reversed(range(W.shape[2])):
+            dh_out.insert(0, dh)
+            dd = fp32(d_delta[:, :, c] + round_(k_dec[:, :, c]) @ round_(dh))
+            dU.insert(0, dd)
+            dh = fp32(d_h_in[:, :, c] + decay[:, :, c, None, None] * dh - round_(W[:, :, c]).transpose(-1, -2)
+                      @ round_(dd))
+        return torch.stack(dU, 2), torch.stack(dh_out, 2), dh
+
+    return fwd, bwd
+
+
+def case_kernels_tf32_rounding(device: str) -> dict[str, float]:
+    """The kernels with TF32 rounding on (``ROUND``) but exact products ("ieee"; the interpreter has no TF32):
+    against the loops with every operand rounded to TF32 ("vs rounded"), which they must match, and against the
+    exact loops ("vs exact"), from which they must differ by TF32's rounding (the rounding took place)."""
+    from archscale.kernels.delta_rule import state_pass_triton as sp
+
+    def tf32(x: torch.Tensor) -> torch.Tensor:
+        return sp.round_to_tf32(x.float()).double()
+
+    rounded_fwd, rounded_bwd = _rounded_loops(tf32)
+    exact_fwd, exact_bwd = _rounded_loops(lambda x: x)
+    saved = sp._precision
+    sp._precision = lambda: {"PRECISION": "ieee", "ROUND": True}
+    try:
+        errs: dict[str, float] = {}
+        for name, refs in (("rounded", (rounded_fwd, rounded_bwd)), ("exact", (exact_fwd, exact_bwd))):
+            errs.update({f"{k} vs {name}": v for k, v in case_kernels(device, refs=refs).items()})
+    finally:
+        sp._precision = saved
     return errs
 
 
@@ -132,6 +187,7 @@ def case_gated_delta_rule(device: str, varlen: bool) -> dict[str, float]:
 
 CASES: dict[str, Callable[[str], dict[str, float]]] = {
     "kernels": case_kernels,
+    "kernels_tf32_rounding": case_kernels_tf32_rounding,
     "dense": lambda device: case_gated_delta_rule(device, varlen=False),
     "varlen": lambda device: case_gated_delta_rule(device, varlen=True),
 }
@@ -139,7 +195,11 @@ CASES: dict[str, Callable[[str], dict[str, float]]] = {
 
 def check(name: str, errs: dict[str, float]) -> None:
     assert "exception" not in errs, errs.get("exception")
-    if name != "kernels":
+    if name == "kernels_tf32_rounding":  # TF32's unit roundoff is 2**-11 ≈ 4.9e-4: far above TOL
+        unrounded = {k: v for k, v in errs.items() if k.endswith("vs exact") and not v > 2 * TOL}
+        assert not unrounded, f"the kernels' operands were not rounded to TF32: {unrounded}"
+        errs = {k: v for k, v in errs.items() if k.endswith("vs rounded")}
+    elif name != "kernels":
         assert errs.pop("triton forward calls") == 1 and errs.pop("triton backward calls") == 1, "Triton not used"
     bad = {k: v for k, v in errs.items() if not v < TOL}
     assert not bad, f"{name}: relative errors above {TOL}: {bad}"
@@ -182,6 +242,22 @@ def test_on_cuda(name: str, cuda_fp32: None) -> None:
 @pytest.mark.gpu
 def test_kernels_at_model_dims_on_cuda(cuda_fp32: None) -> None:
     check("kernels", case_kernels("cuda", MODEL_SHAPES))
+
+
+def test_round_to_tf32_rounds_to_nearest_with_ties_away() -> None:
+    """TF32 keeps 10 mantissa bits: in [1, 2) its step is 2**-10. Halfway cases round away from zero (PTX's
+    cvt.rna), a carry moves into the exponent, and infinities and zeros stay."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    from archscale.kernels.delta_rule.state_pass_triton import round_to_tf32
+
+    step = 2.0**-10
+    cases = {1 + step / 2: 1 + step, 1 + step / 2 - 2.0**-23: 1.0, 1 + step / 4: 1.0, 1 + 1.5 * step: 1 + 2 * step,
+             -(1 + step / 2): -(1 + step), 2 - 2.0**-23: 2.0, 3 * 2.0**-130: 3 * 2.0**-130, 0.0: 0.0,
+             float("inf"): float("inf"), float("-inf"): float("-inf")}
+    x = torch.tensor(list(cases), dtype=torch.float32)
+    assert round_to_tf32(x).tolist() == list(cases.values())
+    assert x.tolist() == list(cases)  # the input is left alone
 
 
 def test_dispatch_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,6 +51,20 @@ def _program_tiles(n_heads, Q, K, V, BQ: tl.constexpr, BK: tl.constexpr, BV: tl.
 
 
 @triton.jit
+def _dot(tile, state, PRECISION: tl.constexpr, ROUND: tl.constexpr):
+    """tile @ state of fp32 operands in PRECISION ("tf32" or "ieee"). With ROUND the state operand (computed here,
+    in registers) is rounded to TF32 first; the tiles read from memory were rounded by the launcher
+    (:func:`round_to_tf32`): rounding them here would hold two (Q, K) tiles in registers and spill (ptxas, sm_90).
+    Why round at all: Triton's TF32 products truncate their inputs, cuBLAS's round them, and truncation is biased;
+    through the chunk-to-chunk recursion it gave the kernels ~8x the error of PyTorch's TF32 loop on the H100
+    (benchmarks/RESULTS.md, 2026-12-07, fifth session; triton-lang/triton#4574)."""
+    if ROUND:
+        bits = state.to(tl.int32, bitcast=True)
+        state = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # as round_to_tf32
+    return tl.dot(tile, state, input_precision=PRECISION)
+
+
+@triton.jit
 def _state_pass_fwd_kernel(
     U, W, KD, DECAY, H0, INJ, H_IN, DELTA, H_OUT,
     su_b, su_h, su_c, su_q, su_x,  # U (B, H, c, Q, V)
@@ -64,6 +78,7 @@ def _state_pass_fwd_kernel(
     so_b, so_h, so_k, so_x,  # final state (B, H, K, V)
     n_heads, n_chunks, Q, K, V,
     BQ: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INJECT: tl.constexpr, PRECISION: tl.constexpr,
+    ROUND: tl.constexpr,
 ):
     b, hd, q_idx, k_idx, v_idx, m_qk, m_qv, m_kv = _program_tiles(n_heads, Q, K, V, BQ, BK, BV)
     U, W, KD = U + b * su_b + hd * su_h, W + b * sw_b + hd * sw_h, KD + b * sk_b + hd * sk_h
@@ -75,11 +90,11 @@ def _state_pass_fwd_kernel(
         tl.store(_tile_ptrs(H_IN, c, sh_c, sh_k, sh_x, k_idx, v_idx), h, mask=m_kv)
         w = tl.load(_tile_ptrs(W, c, sw_c, sw_q, sw_x, q_idx, k_idx), mask=m_qk, other=0.0)
         u = tl.load(_tile_ptrs(U, c, su_c, su_q, su_x, q_idx, v_idx), mask=m_qv, other=0.0)
-        delta = u.to(tl.float32) - tl.dot(w.to(tl.float32), h, input_precision=PRECISION)
+        delta = u.to(tl.float32) - _dot(w.to(tl.float32), h, PRECISION, ROUND)
         tl.store(_tile_ptrs(DELTA, c, sd_c, sd_q, sd_x, q_idx, v_idx), delta, mask=m_qv)
         kd = tl.load(_tile_ptrs(KD, c, sk_c, sk_q, sk_x, q_idx, k_idx), mask=m_qk, other=0.0)
         a = tl.load(DECAY + c).to(tl.float32)
-        h = a * h + tl.dot(tl.trans(kd.to(tl.float32)), delta, input_precision=PRECISION)
+        h = a * h + _dot(tl.trans(kd.to(tl.float32)), delta, PRECISION, ROUND)
         if HAS_INJECT:
             inj = tl.load(_tile_ptrs(INJ, c, si_c, si_k, si_x, k_idx, v_idx), mask=m_kv, other=0.0)
             h += inj.to(tl.float32)
@@ -99,7 +114,7 @@ def _state_pass_bwd_kernel(
     so_b, so_h, so_c, so_k, so_x,  # gradient reaching each chunk's end state (B, H, c, K, V)
     s0_b, s0_h, s0_k, s0_x,  # dh0 (B, H, K, V)
     n_heads, n_chunks, Q, K, V,
-    BQ: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+    BQ: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr, ROUND: tl.constexpr,
 ):
     b, hd, q_idx, k_idx, v_idx, m_qk, m_qv, m_kv = _program_tiles(n_heads, Q, K, V, BQ, BK, BV)
     D_H_IN, D_DELTA = D_H_IN + b * sgh_b + hd * sgh_h, D_DELTA + b * sgd_b + hd * sgd_h
@@ -114,12 +129,12 @@ def _state_pass_bwd_kernel(
         tl.store(_tile_ptrs(DH_OUT, c, so_c, so_k, so_x, k_idx, v_idx), dh, mask=m_kv)
         kd = tl.load(_tile_ptrs(KD, c, sk_c, sk_q, sk_x, q_idx, k_idx), mask=m_qk, other=0.0)
         gd = tl.load(_tile_ptrs(D_DELTA, c, sgd_c, sgd_q, sgd_x, q_idx, v_idx), mask=m_qv, other=0.0)
-        dd = gd.to(tl.float32) + tl.dot(kd.to(tl.float32), dh, input_precision=PRECISION)
+        dd = gd.to(tl.float32) + _dot(kd.to(tl.float32), dh, PRECISION, ROUND)
         tl.store(_tile_ptrs(DU, c, su_c, su_q, su_x, q_idx, v_idx), dd, mask=m_qv)
         w = tl.load(_tile_ptrs(W, c, sw_c, sw_q, sw_x, q_idx, k_idx), mask=m_qk, other=0.0)
         gh = tl.load(_tile_ptrs(D_H_IN, c, sgh_c, sgh_k, sgh_x, k_idx, v_idx), mask=m_kv, other=0.0)
         a = tl.load(DECAY + c).to(tl.float32)
-        dh = gh.to(tl.float32) + a * dh - tl.dot(tl.trans(w.to(tl.float32)), dd, input_precision=PRECISION)
+        dh = gh.to(tl.float32) + a * dh - _dot(tl.trans(w.to(tl.float32)), dd, PRECISION, ROUND)
     tl.store(_tile_ptrs(DH0, 0, 0, s0_k, s0_x, k_idx, v_idx), dh, mask=m_kv)
 
 
@@ -135,8 +150,31 @@ def _blocks(Q: int, K: int, V: int) -> tuple[int, int, int, int]:
     return BQ, BK, BV, 8 if BK * BV > 4096 else 4
 
 
-def _precision() -> str:
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED else "ieee"
+# Whether TF32 products round their inputs to TF32 first, as cuBLAS does (see _dot). False leaves Triton's
+# truncation; kept so that benchmarks/RESULTS.md's comparison can be repeated.
+ROUND_TO_TF32: bool = True
+
+
+def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 ``x`` rounded to TF32's 10 mantissa bits, to nearest with ties away from zero (PTX's
+    ``cvt.rna.tf32.f32``), as an fp32 tensor: add half of the 13 dropped bits' range to the magnitude's bits, then
+    clear them (a carry into the exponent is the correct rounding up)."""
+    return (x.view(torch.int32) + 0x1000).bitwise_and_(-0x2000).view(torch.float32)
+
+
+def _precision() -> dict[str, object]:
+    """The kernels' PRECISION and ROUND: TF32 when PyTorch allows it for its own fp32 products, else full fp32."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED
+    return {"PRECISION": "tf32" if tf32 else "ieee", "ROUND": tf32 and ROUND_TO_TF32}
+
+
+def _rounded_tiles(W: torch.Tensor, k_dec: torch.Tensor, precision: dict[str, object]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W and K̃, the products' operands read from memory, rounded to TF32 where the kernels round (see _dot): one
+    elementwise pass each, transient. Narrower dtypes convert to fp32 exactly within TF32 and are left alone."""
+    if not precision["ROUND"]:
+        return W, k_dec
+    return tuple(round_to_tf32(t) if t.dtype == torch.float32 else t for t in (W, k_dec))  # type: ignore[return-value]
 
 
 def state_pass_fwd_triton(
@@ -153,12 +191,14 @@ def state_pass_fwd_triton(
     inj = inject if inject is not None else h_in  # never read without HAS_INJECT
     BQ, BK, BV, warps = _blocks(Q, K, V)
     grid = (Bsz * H, triton.cdiv(V, BV))
+    precision = _precision()
+    W, k_dec = _rounded_tiles(W, k_dec, precision)
     _state_pass_fwd_kernel[grid](
         U, W, k_dec, decay, h0, inj, h_in, delta, final,
         *U.stride(), *W.stride(), *k_dec.stride(), *decay.stride()[:2], *h0.stride(),
         *inj.stride(), *h_in.stride(), *delta.stride(), *final.stride(),
         H, nc, Q, K, V,
-        BQ=BQ, BK=BK, BV=BV, HAS_INJECT=inject is not None, PRECISION=_precision(), num_warps=warps, num_stages=1,
+        BQ=BQ, BK=BK, BV=BV, HAS_INJECT=inject is not None, **precision, num_warps=warps, num_stages=1,
     )
     return h_in, delta, final
 
@@ -176,11 +216,13 @@ def state_pass_bwd_triton(
     dh0 = d_final.new_empty(d_final.shape)
     BQ, BK, BV, warps = _blocks(Q, K, V)
     grid = (Bsz * H, triton.cdiv(V, BV))
+    precision = _precision()
+    W, k_dec = _rounded_tiles(W, k_dec, precision)
     _state_pass_bwd_kernel[grid](
         d_h_in, d_delta, d_final, W, k_dec, decay, dU, dh_out, dh0,
         *d_h_in.stride(), *d_delta.stride(), *d_final.stride(), *W.stride(), *k_dec.stride(),
         *decay.stride()[:2], *dU.stride(), *dh_out.stride(), *dh0.stride(),
         H, nc, Q, K, V,
-        BQ=BQ, BK=BK, BV=BV, PRECISION=_precision(), num_warps=warps, num_stages=1,
+        BQ=BQ, BK=BK, BV=BV, **precision, num_warps=warps, num_stages=1,
     )
     return dU, dh_out, dh0
