@@ -215,7 +215,7 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
         w, h = torch.empty(v, d), torch.empty(c, d, dtype=torch.bfloat16)
         dl = torch.empty(c, v, dtype=torch.bfloat16)
         cm.cast_matmul(w, h.t(), torch.empty(c, v, dtype=torch.bfloat16).t())  # logitsᵀ = W hᵀ
-        cm.cast_matmul(w.t(), dl.t(), torch.empty(c, d).t(), split_k=2)  # grad_hᵀ = Wᵀ dlogitsᵀ
+        cm.cast_matmul(w.t(), dl.t(), torch.empty(c, d).t())  # grad_hᵀ = Wᵀ dlogitsᵀ
     finally:
         cm._cast_matmul_kernel = kernel
     assert len(calls) == 2

@@ -106,8 +106,9 @@ def test_on_cuda(dot_dtype: torch.dtype, blocks_small: bool) -> None:
 @pytest.mark.gpu
 def test_on_cuda_at_the_loss_sizes() -> None:
     """The two products of one 1 536-token chunk at Phi-4-mini-flash's head size, float32 head, against cuBLAS on
-    the head's bf16 copy (the path the copy replaces): the same rounding of the operands, so only the order of
-    the float32 sums differs."""
+    the head's bf16 copy (the path the copy replaces): the same rounding of the operands, so only the float32
+    sums differ. Over the head's 200 064 rows those sums err by ~1e-4 (the first run on the H100 found split 2
+    1.4e-4 from cuBLAS), so grad_h is held to float64 products of the same bf16 operands: no worse than cuBLAS."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from archscale.kernels.cross_entropy.cast_matmul import cast_matmul
@@ -120,9 +121,13 @@ def test_on_cuda_at_the_loss_sizes() -> None:
     want = h @ w.to(torch.bfloat16).t()
     assert rel_err(logits, want) < 4e-3  # both rounded to bf16 once: within a bf16 half-ulp of each other
     dl = (torch.randn(c, v, device="cuda") * 1e-3).to(torch.bfloat16)
+    exact = dl.double() @ w.to(torch.bfloat16).double()
+    cublas_err = rel_err(torch.mm(dl, w.to(torch.bfloat16), out_dtype=torch.float32), exact)
     for split in (1, 2):
         grad_h = cast_matmul(w.t(), dl.t(), torch.empty(c, d, device="cuda").t(), split_k=split).t()
-        assert rel_err(grad_h, torch.mm(dl, w.to(torch.bfloat16), out_dtype=torch.float32)) < 1e-5
+        err = rel_err(grad_h, exact)
+        print(f"grad_h split {split}: {err:.2e} from float64 (cuBLAS on the bf16 copy: {cublas_err:.2e})")
+        assert err <= 1.1 * cublas_err + 1e-6, (split, err, cublas_err)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ __all__ = [
 
 # Whether impl="auto" on CUDA reads a float32 head in the Triton products of .cast_matmul, rounding each tile on
 # chip, instead of making a compute-dtype copy of the whole (V, d) head for cuBLAS (0.76 GiB at V 200 064, d 2048:
-# 12.5% of the naive head's peak memory, over issue #8's 10% budget by itself). Off until those products are
-# measured on the card against cuBLAS: written in a session that got no GPU (benchmarks/RESULTS.md, 2026-12-07,
-# fourth session). impl="triton" uses them regardless, and so do the tests.
+# 12.5% of the naive head's peak memory, over issue #8's 10% budget by itself). Off: measured on the H100
+# (benchmarks/RESULTS.md, 2026-12-07, fifth session) the loss then holds 9.6% of naive's peak at chunk 1 536 but
+# takes 1.42x naive's time (1.25x and 12.8% at chunk 2 048), its products running at 55-70% of cuBLAS's. Set it
+# where memory matters more than time; impl="triton" uses them regardless, and so do the tests.
 CAST_IN_PRODUCT_ON_CUDA: bool = False
 
 

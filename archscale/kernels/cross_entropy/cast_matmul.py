@@ -4,9 +4,10 @@ Why: under autocast the Trainer's LM head is a float32 (V, d) weight that the pr
 multiplies operands of one dtype, so the fused cross-entropy used to make a bf16 copy of the whole head
 (0.76 GiB at V = 200 064, d = 2048), alive for the whole loss: 12.5% of the naive head's peak memory, more than
 issue #8's 10% budget on its own. Here each tile of the float32 operand is converted in registers right after it
-is loaded, so no copy exists; the extra cost is reading 4 bytes per weight instead of 2. By arithmetic (not yet
-measured) a product with C ≥ 1 024 tokens per chunk still does over 300 FLOPs per byte read from memory, the
-H100's compute-bound side.
+is loaded, so no copy exists; the extra cost is reading 4 bytes per weight instead of 2 and converting in
+registers. Measured on the H100 (benchmarks/RESULTS.md, 2026-12-07, fifth session) the products run at 55-70% of
+cuBLAS's speed on the bf16 copy, so the fused loss uses them only where memory matters more than time
+(``CAST_IN_PRODUCT_ON_CUDA``).
 
 ``cast_matmul(a, b, out)`` computes ``out = a @ b`` for a (M, K), b (K, N), out (M, N), any strides (so
 transposed views cost nothing), operands of any float dtype rounded to ``dot_dtype`` (bf16 or fp16), float32
@@ -27,11 +28,13 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 class Blocks(NamedTuple):
-    """Tile sizes and launch parameters. The defaults are the usual Hopper matmul tiles, not yet tuned on the card:
-    ``benchmarks/cast_matmul_bench.py`` compares configurations there (benchmarks/RESULTS.md)."""
+    """Tile sizes and launch parameters. The defaults were the fastest of ``benchmarks/cast_matmul_bench.py``'s
+    five configurations on the H100 for both of the fused loss's products, the float32 head as the first operand
+    (benchmarks/RESULTS.md, 2026-12-07, fifth session): 530 TFLOP/s for the logits at C 1 536, against 373 for
+    128 x 128 x 64 tiles and 782 for cuBLAS on a bf16 copy."""
 
     m: int = 128
-    n: int = 128
+    n: int = 256
     k: int = 64
     group_m: int = 8
     num_warps: int = 8

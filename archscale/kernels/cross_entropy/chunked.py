@@ -187,10 +187,9 @@ def chunked_linear_cross_entropy(
         if with_grad:
             assert grad_h is not None and grad_w is not None
             if cast_in_product:
-                # (grad_h)ᵀ = Wᵀ (dlogits)ᵀ. The V-long sum in two halves gives the card twice the (d/128)·(C/128)
-                # output tiles (192 at d 2048, C 1 536: under 1.5 waves of 132 SMs alone).
-                split = 2 if grad_h.dtype == torch.float32 else 1
-                cast_matmul(w.t(), dlogits.t(), grad_h[start:end].t(), dot_dtype=compute_dtype, split_k=split)
+                # (grad_h)ᵀ = Wᵀ (dlogits)ᵀ, in one pass over V: with the default 128 x 256 tiles the whole sum
+                # ran faster on the H100 than two halves added atomically (2.96 vs 3.16 ms at C 1 536).
+                cast_matmul(w.t(), dlogits.t(), grad_h[start:end].t(), dot_dtype=compute_dtype)
             else:
                 mm_into(grad_h[start:end], dlogits, w)
             if start == 0:
