@@ -19,7 +19,8 @@ On CUDA they run where TF32 is allowed: :data:`archscale.kernels.delta_rule.stat
 why.
 
 Math in fp32 (the chunked form runs in fp32; float64 stays on the PyTorch loop). The products use TF32 when
-``torch.backends.cuda.matmul.allow_tf32`` allows it for PyTorch's own fp32 products, else full fp32 ("ieee").
+``torch.backends.cuda.matmul.allow_tf32`` allows it for PyTorch's own fp32 products, else full fp32 ("ieee"); in
+TF32 their inputs are rounded to nearest as cuBLAS rounds them (``_dot``), not truncated as Triton would.
 Inputs are read through their strides, so the slices U and W of the solve's output (column-major from LAPACK or
 cuBLAS) are not copied; outputs are contiguous.
 """
@@ -30,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRETED", "state_pass_bwd_triton", "state_pass_fwd_triton"]
+__all__ = ["INTERPRETED", "ROUND_TO_TF32", "round_to_tf32", "state_pass_bwd_triton", "state_pass_fwd_triton"]
 
 
 @triton.jit
