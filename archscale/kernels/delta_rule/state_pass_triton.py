@@ -59,9 +59,9 @@ def _dot(tile, state, PRECISION: tl.constexpr, ROUND: tl.constexpr):
     Why round at all: Triton's TF32 products truncate their inputs, cuBLAS's round them, and truncation is biased;
     through the chunk-to-chunk recursion it gave the kernels ~8x the error of PyTorch's TF32 loop on the H100
     (benchmarks/RESULTS.md, 2026-12-07, fifth session; triton-lang/triton#4574)."""
-    if ROUND:
+    if ROUND:  # as round_to_tf32, NaNs kept
         bits = state.to(tl.int32, bitcast=True)
-        state = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # as round_to_tf32
+        state = tl.where(state == state, ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True), state)
     return tl.dot(tile, state, input_precision=PRECISION)
 
 
@@ -159,8 +159,10 @@ ROUND_TO_TF32: bool = True
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
     """fp32 ``x`` rounded to TF32's 10 mantissa bits, to nearest with ties away from zero (PTX's
     ``cvt.rna.tf32.f32``), as an fp32 tensor: add half of the 13 dropped bits' range to the magnitude's bits, then
-    clear them (a carry into the exponent is the correct rounding up)."""
-    return (x.view(torch.int32) + 0x1000).bitwise_and_(-0x2000).view(torch.float32)
+    clear them (a carry into the exponent is the correct rounding up). NaNs are kept as they are: CUDA's own NaN
+    (all bits set) would carry into the sign bit and come out as a zero, hiding a diverged run."""
+    rounded = (x.view(torch.int32) + 0x1000).bitwise_and_(-0x2000).view(torch.float32)
+    return torch.where(torch.isnan(x), x, rounded)
 
 
 def _precision() -> dict[str, object]:
