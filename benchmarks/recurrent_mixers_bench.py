@@ -4,6 +4,7 @@ an attention layer of the same width, in the same process.
     python benchmarks/recurrent_mixers_bench.py                      # both cases, a table at the end
     python benchmarks/recurrent_mixers_bench.py --cases varlen --iters 20 --mixers mamba2,gdn
     python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_loop   # GDN's state pass: Triton vs loop
+    python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_truncated,gdn  # TF32 rounding's cost
 
 Layers come from the mixer registry with their default configs (REFERENCE §3) at SambaY / ArchScale d16 width,
 d_model 2048: Mamba-2 (d_state 128, head_dim 64, expand 2: 64 heads, chunk 256), GDN (6 heads of K 256, V 512,
@@ -25,6 +26,7 @@ where fla allows it, else the compiled chunked form). Writes recurrent_mixers_be
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -45,8 +47,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "gdn": {},
 }
 # Variants measured next to the registered mixers: "gdn_loop" is GDN with the chunk-to-chunk state pass on the
-# PyTorch loop instead of the Triton kernels (archscale/kernels/delta_rule/state_pass.py, TRITON_ON_CUDA).
-VARIANTS = {"gdn_loop": "gdn"}
+# PyTorch loop instead of the Triton kernels (archscale/kernels/delta_rule/state_pass.py, TRITON_ON_CUDA);
+# "gdn_truncated" has the kernels' TF32 products truncate their inputs as Triton alone does, instead of rounding
+# them as cuBLAS does (state_pass_triton.ROUND_TO_TF32).
+VARIANTS = {"gdn_loop": "gdn", "gdn_truncated": "gdn"}
 CASES = {"dense": {"B": 4, "T": 4096, "varlen": False}, "varlen": {"B": 1, "T": 16384, "varlen": True}}
 
 
@@ -68,7 +72,7 @@ def build(name: str) -> torch.nn.Module:
 
 def picked_impl(name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
-    if name in ("gdn", "gdn_loop"):
+    if name in ("gdn", "gdn_loop", "gdn_truncated"):
         from archscale.kernels.delta_rule import fla_refusal, state_pass
 
         reason = fla_refusal(torch.device("cuda"))
@@ -76,7 +80,13 @@ def picked_impl(name: str) -> str:
             return "fla"
         # The op's own dispatch, as run() has set TRITON_ON_CUDA for this row.
         triton_pass = state_pass._on_triton(torch.empty(0, device="cuda"))
-        return "chunked (compiled; fla refused)" + ("; Triton pass" if triton_pass else "; loop pass")
+        if not triton_pass:
+            return "chunked (compiled; fla refused); loop pass"
+        from archscale.kernels.delta_rule import state_pass_triton
+
+        tf32 = "" if not torch.backends.cuda.matmul.allow_tf32 else (
+            ", TF32 rounded" if state_pass_triton.ROUND_TO_TF32 else ", TF32 truncated")
+        return f"chunked (compiled; fla refused); Triton pass{tf32}"
     if name == "mamba2":
         return "chunked (compiled)"
     return "auto"
@@ -86,6 +96,10 @@ def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     from archscale.kernels.delta_rule import state_pass
 
     state_pass.TRITON_ON_CUDA = False if name == "gdn_loop" else None  # read at run time, not in the graph
+    if importlib.util.find_spec("triton") is not None:
+        from archscale.kernels.delta_rule import state_pass_triton
+
+        state_pass_triton.ROUND_TO_TF32 = name != "gdn_truncated"  # read at each launch
     c = CASES[case]
     B, T = c["B"], c["T"]
     torch.manual_seed(0)
@@ -145,7 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="dense,varlen")
     parser.add_argument("--mixers", default="attention,mamba2,gdn",
-                        help="attention first: it is the baseline; also gdn_loop (GDN's state pass as a PyTorch loop)")
+                        help="attention first: it is the baseline; also gdn_loop (GDN's state pass as a PyTorch loop) "
+                             "and gdn_truncated (its Triton kernels truncating TF32 inputs)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-tf32", action="store_true",
@@ -158,14 +173,14 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  tf32 {not args.no_tf32}", flush=True)
     rows = [run(m, case, args.warmup, args.iters) for case in args.cases.split(",") for m in args.mixers.split(",")]
 
-    print(f"\n{'case':7} {'mixer':10} {'impl':46} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
+    print(f"\n{'case':7} {'mixer':13} {'impl':58} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
     for r in rows:
         base = next((b for b in rows if b["case"] == r["case"] and b["mixer"] == "attention" and "ms" in b), None)
         if "error" in r:
-            print(f"{r['case']:7} {r['mixer']:10} {r['impl']:46} {r['error']}")
+            print(f"{r['case']:7} {r['mixer']:13} {r['impl']:58} {r['error']}")
             continue
         ratio = f"{r['ms'] / base['ms']:.2f}" if base else "-"
-        print(f"{r['case']:7} {r['mixer']:10} {r['impl']:46} {r['ms']:8.2f} {ratio:>7} {r['ktok_s']:8.0f} "
+        print(f"{r['case']:7} {r['mixer']:13} {r['impl']:58} {r['ms']:8.2f} {ratio:>7} {r['ktok_s']:8.0f} "
               f"{r['peak_gib']:9.2f}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "recurrent_mixers_bench.json").write_text(json.dumps(rows, indent=1))
