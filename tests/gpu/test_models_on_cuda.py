@@ -119,3 +119,38 @@ def test_model_on_cuda_matches_float64_cpu(family: str, layout_name: str, compil
           + ", ".join(f"{n} {e:.1e}" for n, e in worst))  # shown with -s: the margins
     bad = [f"{n} {e:.2e}" for n, e in errs.items() if e > (LOSS_TOLERANCE if n == "loss" else TOLERANCE)]
     assert not bad, f"{family} ({layout_name}, {'compiled' if compiled else 'eager'}) vs float64: {bad}"
+
+
+# Packed rows of SEQ tokens with different document counts: after the second, dynamo treats the count as dynamic.
+DOCUMENT_LAYOUTS = [[SEQ], DOCUMENTS, [1, 60, 3, 192], [128, 128]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_compiles_whole_without_graph_breaks_on_cuda(family: str) -> None:
+    """As the Trainer runs it (float32 weights, bf16 autocast) on the CUDA paths (the Triton scan, the fused loss,
+    cuDNN / FlexAttention / varlen attention), ``torch.compile(fullgraph=True)`` of the whole model traces forward
+    and backward without a graph break, on dense batches and packed documents, and does not compile again once the
+    document count has turned dynamic (the steady state of training). Dynamo only: graph breaks are its business."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = build(family).float().cuda()
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen), SeqInfo.dense(BATCH, SEQ))]
+    for lengths in DOCUMENT_LAYOUTS:
+        batches.append((torch.randint(0, VOCAB, (1, SEQ), generator=gen),
+                        SeqInfo.from_cu_seqlens(split_cu(lengths).cuda())))
+    frames = []
+    for tokens, seq in batches:
+        tokens = tokens.cuda()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(tokens, seq, targets=torch.roll(tokens, -1, dims=1)).loss
+        loss.backward()
+        assert torch.isfinite(loss), loss
+        frames.append(counter.frame_count)
+    assert frames[-1] == frames[2], f"compiled again after the document count turned dynamic: {frames}"

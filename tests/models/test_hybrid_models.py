@@ -1,4 +1,5 @@
-"""Every registered family as a tiny model: it trains, decodes with its cache exactly, and respects documents."""
+"""Every registered family as a tiny model: it trains, decodes with its cache exactly, respects documents, and
+compiles without graph breaks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from archscale.models.api import SeqInfo
 from archscale.models.lm import build_model
@@ -182,3 +184,46 @@ def test_compile_fullgraph_with_shared_values() -> None:
     loss = compiled(x, SeqInfo.dense(2, 8), targets=x).loss
     loss.backward()
     torch.testing.assert_close(loss, model(x, targets=x).loss)
+
+
+# Families whose CPU path reads document boundaries as Python ints: Mamba-1's reference scan walks the documents one
+# by one (archscale.kernels.varlen.doc_bounds), a data-dependent loop that torch.compile cannot trace. On CUDA the
+# scan is one opaque custom op instead (tests/gpu/test_models_on_cuda.py checks those families there).
+MAMBA1 = {"samba", "sambay", "sambayda", "sambayoco", "mambay", "phi4miniflash", "pattern"}
+# Document layouts of one packed row: the second makes dynamo treat the document count as dynamic, after which no
+# layout may compile again.
+DOCUMENT_LAYOUTS = [[24], [3, 10, 11], [1, 5, 2, 16], [10, 14]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiles_whole_without_graph_breaks(family: str) -> None:
+    """``torch.compile(fullgraph=True)`` (dynamo only: graph breaks are its business) of the whole model, forward
+    and backward, equal to eager: on dense batches for every family; on packed documents, where the CPU paths
+    allow it, without compiling again once the document count has turned dynamic (the steady state of training)."""
+    model = tiny_model(family)
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, V, (2, 24), generator=gen), SeqInfo.dense(2, 24))]
+    if family not in MAMBA1:
+        for lengths in DOCUMENT_LAYOUTS:
+            cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+            batches.append((torch.randint(0, V, (1, 24), generator=gen), SeqInfo.from_cu_seqlens(cu)))
+    frames = []
+    for tokens, seq in batches:
+        targets = torch.roll(tokens, -1, dims=1)
+        model.zero_grad(set_to_none=True)
+        loss = compiled(tokens, seq, targets=targets).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        expected = model(tokens, seq, targets=targets).loss
+        expected.backward()
+        torch.testing.assert_close(loss, expected)
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(grads[name], p.grad, msg=lambda m, name=name: f"{name}: {m}")
+        frames.append(counter.frame_count)
+    if family not in MAMBA1:
+        assert frames[-1] == frames[2], f"compiled again after the document count turned dynamic: {frames}"
