@@ -26,7 +26,6 @@ where fla allows it, else the compiled chunked form). Writes recurrent_mixers_be
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -96,7 +95,7 @@ def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     from archscale.kernels.delta_rule import state_pass
 
     state_pass.TRITON_ON_CUDA = False if name == "gdn_loop" else None  # read at run time, not in the graph
-    if importlib.util.find_spec("triton") is not None:
+    if state_pass._HAS_TRITON:
         from archscale.kernels.delta_rule import state_pass_triton
 
         state_pass_triton.ROUND_TO_TF32 = name != "gdn_truncated"  # read at each launch
