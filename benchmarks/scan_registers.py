@@ -37,7 +37,7 @@ _PTR_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*
               torch.int64: "*i64"}
 
 
-class Recorder:
+class _Recorder:
     """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call, launches nothing."""
 
     def __init__(self, fn: Any, calls: list) -> None:
@@ -47,21 +47,24 @@ class Recorder:
         return lambda *args, **kwargs: self.calls.append((self.fn, args, kwargs))
 
 
-@contextlib.contextmanager
-def recording() -> Iterator[list]:
-    """Within the block, the scan's kernels are recorders; yields the list of (kernel, args, kwargs) launches."""
-    from archscale.kernels.selective_scan import triton_scan as ts
+SCAN_KERNELS = ("_scan_fwd_kernel", "_scan_bwd_summary_kernel", "_scan_bwd_kernel")
 
-    names = ("_scan_fwd_kernel", "_scan_bwd_summary_kernel", "_scan_bwd_kernel")
-    saved = {n: getattr(ts, n) for n in names}
+
+@contextlib.contextmanager
+def recording(module: Any = None, names: tuple[str, ...] = SCAN_KERNELS) -> Iterator[list]:
+    """Within the block, the kernels ``names`` of ``module`` (default: the selective scan's) are recorders; yields
+    the list of (kernel, args, kwargs) launches."""
+    if module is None:
+        from archscale.kernels.selective_scan import triton_scan as module
+    saved = {n: getattr(module, n) for n in names}
     calls: list = []
     try:
         for n in names:
-            setattr(ts, n, Recorder(saved[n], calls))
+            setattr(module, n, _Recorder(saved[n], calls))
         yield calls
     finally:
         for n, fn in saved.items():
-            setattr(ts, n, fn)
+            setattr(module, n, fn)
 
 
 def specialise(fn: Any, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, int]:

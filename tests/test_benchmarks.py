@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +112,30 @@ def _scan_kernels_compiled_for_gpu() -> bool:
     return not INTERPRETED
 
 
+def _skip_unless_ptxas_compiles_for_sm90() -> None:
+    """Skip where kernels cannot be compiled for sm_90 offline: under the interpreter, or without Triton's ptxas."""
+    import triton
+
+    if not _scan_kernels_compiled_for_gpu():
+        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
+
+
+def _compile_recorded_for_sm90(calls: list) -> list[tuple[Any, dict, dict, Any]]:
+    """Each launch recorded by scan_registers.recording, compiled for sm_90 as it would launch (its own
+    ``num_stages``): (kernel, launch kwargs, signature, compiled kernel)."""
+    from scan_registers import compile_for_sm, specialise
+
+    out = []
+    for fn, args, kwargs in calls:
+        kwargs = dict(kwargs)
+        stages = kwargs.pop("num_stages")
+        signature, constexprs, attrs, warps = specialise(fn, args, kwargs)
+        out.append((fn, kwargs, signature, compile_for_sm(fn, signature, constexprs, attrs, warps, num_stages=stages)))
+    return out
+
+
 def test_scan_registers_records_launches_with_triton_specialisations() -> None:
     """The launches scan_registers.py compiles are the real launchers' (nothing runs), specialised as on the device:
     an int equal to 1 becomes a constant, ``do_not_specialize`` ints stay plain, aligned pointers get the
@@ -141,10 +166,7 @@ def test_scan_backward_variants_do_not_spill_registers() -> None:
     (loaded as (D, N)), and measured about 1.5x slower in SambaY on the H100 (benchmarks/RESULTS.md, 2026-12-05)."""
     import triton
 
-    if not _scan_kernels_compiled_for_gpu():
-        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
+    _skip_unless_ptxas_compiles_for_sm90()
     from scan_registers import usage_table
 
     rows = usage_table(cases=["training", "memory layer (ungated output)", "final state with a gradient"])
@@ -195,37 +217,23 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
     """The fused loss's two ``cast_matmul`` launches (float32 head as the first operand, bf16, default tiles),
     compiled for sm_90 without a GPU: Hopper's wgmma with the converted tiles in registers, shared memory within
     the H100's 227 KiB a block, no register spills. Triton's version here may not be the card's (GPU.md)."""
-    import triton
-
-    if not _scan_kernels_compiled_for_gpu():
-        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
-    from scan_registers import Recorder, compile_for_sm, ptxas_usage, specialise
+    _skip_unless_ptxas_compiles_for_sm90()
+    from scan_registers import ptxas_usage, recording
 
     import torch
 
     from archscale.kernels.cross_entropy import cast_matmul as cm
 
-    calls: list = []
-    kernel = cm._cast_matmul_kernel
-    cm._cast_matmul_kernel = Recorder(kernel, calls)
-    try:
+    with recording(cm, ("_cast_matmul_kernel",)) as calls:
         c, v, d = 64, 4096, 256
         w, h = torch.empty(v, d), torch.empty(c, d, dtype=torch.bfloat16)
         dl = torch.empty(c, v, dtype=torch.bfloat16)
         cm.cast_matmul(w, h.t(), torch.empty(c, v, dtype=torch.bfloat16).t())  # logitsᵀ = W hᵀ
         cm.cast_matmul(w.t(), dl.t(), torch.empty(c, d).t())  # grad_hᵀ = Wᵀ dlogitsᵀ
-    finally:
-        cm._cast_matmul_kernel = kernel
     assert len(calls) == 2
-    for fn, args, kwargs in calls:
-        kwargs = dict(kwargs)
-        stages = kwargs.pop("num_stages")
-        signature, constexprs, attrs, warps = specialise(fn, args, kwargs)
+    for _, _, signature, compiled in _compile_recorded_for_sm90(calls):
         assert signature["a_ptr"] == "*fp32"  # the head's float32 tiles are the first operand
         assert "constexpr" in (signature["stride_am"], signature["stride_ak"])  # a unit stride, specialised
-        compiled = compile_for_sm(fn, signature, constexprs, attrs, warps, num_stages=stages)
         assert "wgmma.mma_async" in compiled.asm["ptx"], "not compiled to Hopper's wgmma"
         assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
         usage = ptxas_usage(compiled)
@@ -235,32 +243,28 @@ def test_cast_matmul_launches_of_the_loss_fit_an_h100() -> None:
 def _state_pass_launches_for_sm90(round_to_tf32: bool) -> dict[str, tuple[str, dict]]:
     """GDN's state-pass kernels at GDN's sizes with TF32 allowed, launched through their real launchers (nothing
     runs) and compiled for sm_90: {kernel name: (ptx, ptxas usage)}."""
-    from scan_registers import Recorder, compile_for_sm, ptxas_usage, specialise
+    from scan_registers import ptxas_usage, recording
 
     import torch
 
     from archscale.kernels.delta_rule import state_pass_triton as sp
 
     B, H, nc, Q, K, V = 1, 2, 3, 64, 256, 512  # chunk 64, key head 256, value head 512 (REFERENCE §3)
-    calls: list = []
-    saved = sp._state_pass_fwd_kernel, sp._state_pass_bwd_kernel, sp.ROUND_TO_TF32
-    sp._state_pass_fwd_kernel, sp._state_pass_bwd_kernel = Recorder(saved[0], calls), Recorder(saved[1], calls)
+    saved_round = sp.ROUND_TO_TF32
     sp.ROUND_TO_TF32 = round_to_tf32
     try:
-        UW = torch.empty(B, H, nc, V + K, Q).transpose(-1, -2)  # the solve's column-major output, as in the model
-        U, W, k_dec = UW[..., :V], UW[..., V:], torch.empty(B, H, nc, Q, K)
-        decay, h0 = torch.empty(B, H, nc), torch.empty(B, H, K, V)
-        sp.state_pass_fwd_triton(U, W, k_dec, decay, h0, torch.empty(B, H, nc, K, V))
-        sp.state_pass_bwd_triton(torch.empty(B, H, nc, K, V), torch.empty(B, H, nc, Q, V), h0, W, k_dec, decay)
+        with recording(sp, ("_state_pass_fwd_kernel", "_state_pass_bwd_kernel")) as calls:
+            UW = torch.empty(B, H, nc, V + K, Q).transpose(-1, -2)  # the solve's column-major output, as in the model
+            U, W, k_dec = UW[..., :V], UW[..., V:], torch.empty(B, H, nc, Q, K)
+            decay, h0 = torch.empty(B, H, nc), torch.empty(B, H, K, V)
+            sp.state_pass_fwd_triton(U, W, k_dec, decay, h0, torch.empty(B, H, nc, K, V))
+            sp.state_pass_bwd_triton(torch.empty(B, H, nc, K, V), torch.empty(B, H, nc, Q, V), h0, W, k_dec, decay)
     finally:
-        sp._state_pass_fwd_kernel, sp._state_pass_bwd_kernel, sp.ROUND_TO_TF32 = saved
+        sp.ROUND_TO_TF32 = saved_round
     assert len(calls) == 2
     out = {}
-    for fn, args, kwargs in calls:
-        kwargs = dict(kwargs)
-        stages = kwargs.pop("num_stages")
+    for fn, kwargs, _, compiled in _compile_recorded_for_sm90(calls):
         assert kwargs["PRECISION"] == "tf32" and kwargs["ROUND"] == round_to_tf32
-        compiled = compile_for_sm(fn, *specialise(fn, args, kwargs), num_stages=stages)
         assert re.search(r"\.tf32", compiled.asm["ptx"]), f"{fn.__name__}: no TF32 product"
         out[fn.__name__] = (compiled.asm["ptx"], ptxas_usage(compiled))
     return out
@@ -272,12 +276,7 @@ def test_state_pass_kernels_round_tf32_inputs_on_an_h100(set_tf32: Callable[[boo
     kernels then erred ~8x more than PyTorch's TF32 loop on the H100), and not with ``ROUND_TO_TF32`` off. The
     rounding may cost registers, not more than 128 bytes of spills per thread beyond the truncating kernels' own
     (Triton 3.8 here; the card's Triton may differ, GPU.md)."""
-    import triton
-
-    if not _scan_kernels_compiled_for_gpu():
-        pytest.skip("this process runs Triton in the interpreter (TRITON_INTERPRET=1)")
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip(f"Triton {triton.__version__} ships no ptxas here")
+    _skip_unless_ptxas_compiles_for_sm90()
     set_tf32(True)
     rounded, truncated = _state_pass_launches_for_sm90(True), _state_pass_launches_for_sm90(False)
     mask = re.compile(r"and\.b32\s+%r\d+, %r\d+, -8192;")
