@@ -92,6 +92,14 @@ class LanguageModel(nn.Module):
                     "where n_seen is the number of tokens already in the state"
                 )
             seq = SeqInfo.dense(B, T, device=input_ids.device)
+        if seq.position_ids.device != input_ids.device:
+            # Without this, the first mixer that mixes positions in (RoPE) fails deep inside with a device mismatch;
+            # families without RoPE would run with host-side positions and only some paths would fail.
+            raise ValueError(
+                f"seq is on {seq.position_ids.device} but input_ids are on {input_ids.device}: build it there "
+                "(SeqInfo.dense(B, T, device=...), SeqInfo.from_cu_seqlens(cu_seqlens on that device)) or move it "
+                "with seq.to(input_ids.device)"
+            )
         want_state = use_cache or state is not None
         if seq.return_state != want_state:
             seq = replace(seq, return_state=want_state)

@@ -140,7 +140,7 @@ def test_model_compiles_whole_without_graph_breaks_on_cuda(family: str) -> None:
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen), SeqInfo.dense(BATCH, SEQ))]
+    batches = [(torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen), SeqInfo.dense(BATCH, SEQ, device="cuda"))]
     for lengths in DOCUMENT_LAYOUTS:
         batches.append((torch.randint(0, VOCAB, (1, SEQ), generator=gen),
                         SeqInfo.from_cu_seqlens(split_cu(lengths).cuda())))

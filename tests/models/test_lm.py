@@ -49,6 +49,13 @@ def test_overfits_a_batch() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_seq_on_another_device_is_named() -> None:
+    model = build_model(tiny_spec())
+    x = torch.randint(0, 512, (2, 8))
+    with pytest.raises(ValueError, match=r"seq is on meta but input_ids are on cpu.*seq\.to\(input_ids\.device\)"):
+        model(x, SeqInfo.dense(2, 8, device="meta"))
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_param_roles_cover_every_parameter_once(tied: bool) -> None:
     model = build_model(tiny_spec(tie_embeddings=tied))
