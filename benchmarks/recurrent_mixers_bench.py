@@ -71,7 +71,7 @@ def build(name: str) -> torch.nn.Module:
 
 def picked_impl(name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
-    if name in ("gdn", "gdn_loop", "gdn_truncated"):
+    if VARIANTS.get(name, name) == "gdn":
         from archscale.kernels.delta_rule import fla_refusal, state_pass
 
         reason = fla_refusal(torch.device("cuda"))
