@@ -5,6 +5,7 @@ an attention layer of the same width, in the same process.
     python benchmarks/recurrent_mixers_bench.py --cases varlen --iters 20 --mixers mamba2,gdn
     python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_loop   # GDN's state pass: Triton vs loop
     python benchmarks/recurrent_mixers_bench.py --mixers attention,gdn,gdn_truncated,gdn  # TF32 rounding's cost
+    python benchmarks/recurrent_mixers_bench.py --mixers attention,mamba2,mamba2:chunk_size=128  # a config field
 
 Layers come from the mixer registry with their default configs (REFERENCE §3) at SambaY / ArchScale d16 width,
 d_model 2048: Mamba-2 (d_state 128, head_dim 64, expand 2: 64 heads, chunk 256), GDN (6 heads of K 256, V 512,
@@ -50,6 +51,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 # "gdn_truncated" has the kernels' TF32 products truncate their inputs as Triton alone does, instead of rounding
 # them as cuBLAS does (state_pass_triton.ROUND_TO_TF32).
 VARIANTS = {"gdn_loop": "gdn", "gdn_truncated": "gdn"}
+# "name:field=value:field=value" sets fields of the mixer's config on top of PARAMS (e.g. mamba2:chunk_size=128).
+OVERRIDE_SEP = ":"
 CASES = {"dense": {"B": 4, "T": 4096, "varlen": False}, "varlen": {"B": 1, "T": 16384, "varlen": True}}
 
 
@@ -62,16 +65,37 @@ def doc_lengths(total: int, lo: int, hi: int, seed: int = 0) -> list[int]:
     return lengths
 
 
-def build(name: str) -> torch.nn.Module:
-    name = VARIANTS.get(name, name)
+def mixer_spec(row_name: str) -> tuple[str, str, dict[str, Any]]:
+    """(row, registered mixer, config fields) of a --mixers entry: a variant's base mixer, and the fields set after
+    ':' (values parsed as JSON when they parse, else kept as strings), validated by the mixer's config model."""
+    variant, *fields = row_name.split(OVERRIDE_SEP)
+    name = VARIANTS.get(variant, variant)
+    if name not in PARAMS:
+        raise SystemExit(f"--mixers: unknown mixer {variant!r}; choose from {', '.join([*PARAMS, *VARIANTS])}")
+    config = dict(PARAMS[name])
+    for field in fields:
+        key, eq, value = field.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--mixers: {row_name!r}: write config fields as {variant}:field=value")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    mixers.config_model(name).model_validate(config)  # a misspelt field or a bad value fails here, by name
+    return variant, name, config
+
+
+def build(row_name: str) -> torch.nn.Module:
+    _, name, config = mixer_spec(row_name)
     cls = mixers.get(name)
-    config = mixers.config_model(name).model_validate(PARAMS[name])
-    return cls(MixerContext(d_model=D_MODEL, layer_idx=0, n_layers=16), config).cuda()
+    validated = mixers.config_model(name).model_validate(config)
+    return cls(MixerContext(d_model=D_MODEL, layer_idx=0, n_layers=16), validated).cuda()
 
 
-def picked_impl(name: str) -> str:
+def picked_impl(row_name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
-    if VARIANTS.get(name, name) == "gdn":
+    name, base, _ = mixer_spec(row_name)
+    if base == "gdn":
         from archscale.kernels.delta_rule import fla_refusal, state_pass
 
         reason = fla_refusal(torch.device("cuda"))
@@ -86,7 +110,7 @@ def picked_impl(name: str) -> str:
         tf32 = "" if not torch.backends.cuda.matmul.allow_tf32 else (
             ", TF32 rounded" if state_pass_triton.ROUND_TO_TF32 else ", TF32 truncated")
         return f"chunked (compiled; fla refused); Triton pass{tf32}"
-    if name == "mamba2":
+    if base == "mamba2":
         return "chunked (compiled)"
     return "auto"
 
@@ -94,11 +118,12 @@ def picked_impl(name: str) -> str:
 def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     from archscale.kernels.delta_rule import state_pass
 
-    state_pass.TRITON_ON_CUDA = False if name == "gdn_loop" else None  # read at run time, not in the graph
+    variant, _, _ = mixer_spec(name)
+    state_pass.TRITON_ON_CUDA = False if variant == "gdn_loop" else None  # read at run time, not in the graph
     if state_pass._HAS_TRITON:
         from archscale.kernels.delta_rule import state_pass_triton
 
-        state_pass_triton.ROUND_TO_TF32 = name != "gdn_truncated"  # read at each launch
+        state_pass_triton.ROUND_TO_TF32 = variant != "gdn_truncated"  # read at each launch
     c = CASES[case]
     B, T = c["B"], c["T"]
     torch.manual_seed(0)
@@ -170,16 +195,18 @@ def main() -> None:
     # As benchmarks/train_throughput.py: TF32 for fp32 products, which the Triton state pass follows too.
     torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  tf32 {not args.no_tf32}", flush=True)
+    for m in args.mixers.split(","):
+        mixer_spec(m)  # every entry checked before the first one compiles
     rows = [run(m, case, args.warmup, args.iters) for case in args.cases.split(",") for m in args.mixers.split(",")]
 
-    print(f"\n{'case':7} {'mixer':13} {'impl':58} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
+    print(f"\n{'case':7} {'mixer':22} {'impl':58} {'ms':>8} {'x attn':>7} {'ktok/s':>8} {'peak GiB':>9}")
     for r in rows:
         base = next((b for b in rows if b["case"] == r["case"] and b["mixer"] == "attention" and "ms" in b), None)
         if "error" in r:
-            print(f"{r['case']:7} {r['mixer']:13} {r['impl']:58} {r['error']}")
+            print(f"{r['case']:7} {r['mixer']:22} {r['impl']:58} {r['error']}")
             continue
         ratio = f"{r['ms'] / base['ms']:.2f}" if base else "-"
-        print(f"{r['case']:7} {r['mixer']:13} {r['impl']:58} {r['ms']:8.2f} {ratio:>7} {r['ktok_s']:8.0f} "
+        print(f"{r['case']:7} {r['mixer']:22} {r['impl']:58} {r['ms']:8.2f} {ratio:>7} {r['ktok_s']:8.0f} "
               f"{r['peak_gib']:9.2f}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "recurrent_mixers_bench.json").write_text(json.dumps(rows, indent=1))

@@ -284,3 +284,23 @@ def test_state_pass_kernels_round_tf32_inputs_on_an_h100(set_tf32: Callable[[boo
         assert len(mask.findall(ptx)) >= 4, f"{name}: the state operands are not rounded"
         assert not mask.findall(truncated[name][0]), f"{name}: rounds with ROUND_TO_TF32 off"
         assert usage["spill_stores"] <= truncated[name][1]["spill_stores"] + 128, (name, usage, truncated[name][1])
+
+
+def test_recurrent_bench_sets_config_fields_by_name_and_refuses_misspelt_ones() -> None:
+    """`--mixers mamba2:chunk_size=128` measures Mamba-2 with chunks of 128: the field reaches the built mixer's
+    config (parsed as a number), a variant keeps its base mixer, and a field the config lacks stops the run."""
+    from recurrent_mixers_bench import PARAMS, mixer_spec
+
+    from archscale.models.mixers.base import MixerContext
+    from archscale.registry import mixers
+
+    variant, name, config = mixer_spec("mamba2:chunk_size=128")
+    assert (variant, name, config["chunk_size"]) == ("mamba2", "mamba2", 128)
+    built = mixers.get(name)(MixerContext(d_model=64, layer_idx=0, n_layers=2),
+                             mixers.config_model(name).model_validate({**config, "d_state": 8, "head_dim": 16}))
+    assert built.config.chunk_size == 128
+    assert mixer_spec("gdn_loop:chunk_size=32")[:2] == ("gdn_loop", "gdn")
+    assert mixer_spec("attention") == ("attention", "attention", PARAMS["attention"])
+    for bad in ("mamba2:chunk_sise=128", "mamba2:chunk_size=0", "mamba2:chunk_size", "mamba3"):
+        with pytest.raises((SystemExit, ValueError), match=r"chunk_sise|chunk_size|mamba3"):
+            mixer_spec(bad)
