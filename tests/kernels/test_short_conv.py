@@ -111,3 +111,34 @@ def test_varlen_compiles_without_graph_break() -> None:
         x = torch.randn(1, sum(lengths), C)
         cu = split_cu(lengths)
         torch.testing.assert_close(fn(x, cu)[0], short_conv(x, w, b, cu_seqlens=cu)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_compiled_backward_keeps_the_bf16_input_not_a_float32_copy(varlen: bool) -> None:
+    """In training (bf16 input, no state) the compiled backward keeps what it needs for the weight's gradient in
+    the input's dtype: no saved float32 tensor of the input's size (inductor kept the float32 join of the zero
+    state and the input, twice the bytes, before the join was built in bf16). Same numbers as eager float32 math:
+    the output, and every gradient (the input's still accumulated over taps in float32, rounded once)."""
+    torch.manual_seed(0)
+    T, Cw = 96, 24
+    x = torch.randn(1, T, Cw).bfloat16().requires_grad_()
+    w, b = torch.randn(Cw, 4, requires_grad=True), torch.randn(Cw, requires_grad=True)
+    cu = split_cu([40, 3, 53]) if varlen else None
+    fn = torch.compile(lambda x, w, b: short_conv(x, w, b, cu_seqlens=cu)[0], backend="inductor", fullgraph=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fn(x, w, b)
+    big_fp32 = [tuple(t.shape) for t in saved if t.dtype == torch.float32 and t.numel() >= T * Cw]
+    assert not big_fp32, f"float32 copies of the input kept for the backward: {big_fp32}"
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), gy)
+
+    xr = x.detach().double().requires_grad_()
+    wr, br = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    yr = short_conv(xr, wr, br, cu_seqlens=cu)[0]
+    refs = torch.autograd.grad(yr, (xr, wr, br), gy.double())
+    torch.testing.assert_close(y.double(), yr.bfloat16().double(), rtol=1e-2, atol=1e-2)
+    for g, r in zip(grads, refs):
+        # bf16 gradient of x: one rounding of the float32 sum (a bf16 sum over 4 taps would round up to 4 times)
+        tol = 8e-3 if g.dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(g.double(), r.to(g.dtype).double(), rtol=tol, atol=tol)

@@ -37,12 +37,17 @@ def short_conv_reference(
     if activation not in (None, "silu"):
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
     dtype = compute_dtype(x, weight)
-    xf, wf = x.to(dtype), weight.to(dtype)
+    wf = weight.to(dtype)
+    # The source rows (state, then tokens) are joined in x's dtype when the state is zeros, which that dtype holds
+    # exactly, and cast to the compute dtype once joined: the same numbers and the same float32 accumulation of
+    # the input's gradient, but under torch.compile the backward then keeps the bf16 join and recasts it, instead
+    # of a float32 copy of the input (half the bytes). A given state may hold float32 values: then all float32.
+    src_dtype = x.dtype if initial_state is None else dtype
 
     if cu_seqlens is None:
         check_initial_state(initial_state, (B, W - 1, C))
-        prev = x.new_zeros(B, W - 1, C, dtype=dtype) if initial_state is None else initial_state.to(dtype)
-        ext = torch.cat((prev, xf), dim=1)  # (B, W-1+T, C)
+        prev = x.new_zeros(B, W - 1, C, dtype=src_dtype) if initial_state is None else initial_state.to(dtype)
+        ext = torch.cat((prev, x.to(src_dtype)), dim=1).to(dtype)  # (B, W-1+T, C)
         # Tap j reads x[t - (W-1) + j], i.e. ext[t + j].
         y = sum(ext[:, j : j + T] * wf[:, j] for j in range(W))
         final = ext[:, T:] if return_final_state else None  # (B, W-1, C): the last W-1 inputs
@@ -51,11 +56,11 @@ def short_conv_reference(
         check_cu_seqlens(cu_seqlens, T, B)
         N = cu_seqlens.shape[0] - 1
         check_initial_state(initial_state, (N, W - 1, C))
-        prev = x.new_zeros(N, W - 1, C, dtype=dtype) if initial_state is None else initial_state.to(dtype)
+        prev = x.new_zeros(N, W - 1, C, dtype=src_dtype) if initial_state is None else initial_state.to(dtype)
         # One flat source: the N states ((W-1) rows each) then the T tokens. Row r of document d at relative
         # position p (p < 0 reaches into the state) lives at index  N(W-1) + start_d + p  if p >= 0, else
         # d(W-1) + (W-1) + p.
-        src = torch.cat((prev.reshape(N * (W - 1), C), xf[0]), dim=0)  # (N(W-1) + T, C)
+        src = torch.cat((prev.reshape(N * (W - 1), C), x[0].to(src_dtype)), dim=0).to(dtype)  # (N(W-1) + T, C)
         cu = cu_seqlens.to(device=x.device, dtype=torch.long)
         starts, lengths = cu[:-1], cu[1:] - cu[:-1]  # (N,)
         t = torch.arange(T, device=x.device)
