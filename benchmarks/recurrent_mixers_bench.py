@@ -82,7 +82,10 @@ def mixer_spec(row_name: str) -> tuple[str, str, dict[str, Any]]:
             config[key] = json.loads(value)
         except json.JSONDecodeError:
             config[key] = value
-    mixers.config_model(name).model_validate(config)  # a misspelt field or a bad value fails here, by name
+    try:
+        mixers.config_model(name).model_validate(config)  # a misspelt field or a bad value fails here, by name
+    except ValueError as e:  # pydantic's ValidationError names the field and what it accepts
+        raise SystemExit(f"--mixers: {row_name!r}: {e}") from e
     return variant, name, config
 
 
@@ -95,7 +98,7 @@ def build(row_name: str) -> torch.nn.Module:
 
 def picked_impl(row_name: str) -> str:
     """What impl="auto" runs for this mixer on this card."""
-    name, base, _ = mixer_spec(row_name)
+    _, base, _ = mixer_spec(row_name)
     if base == "gdn":
         from archscale.kernels.delta_rule import fla_refusal, state_pass
 
