@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from archscale.models.api import SeqInfo
 from archscale.models.mixers.base import MixerContext
@@ -66,9 +67,9 @@ def doc_lengths(total: int, lo: int, hi: int, seed: int = 0) -> list[int]:
     return lengths
 
 
-def mixer_spec(row_name: str) -> tuple[str, str, dict[str, Any]]:
-    """(row, registered mixer, config fields) of a --mixers entry: a variant's base mixer, and the fields set after
-    ':' (values parsed as JSON when they parse, else kept as strings), validated by the mixer's config model."""
+def mixer_spec(row_name: str) -> tuple[str, str, BaseModel]:
+    """(variant, registered mixer, validated config) of a --mixers entry: a variant's base mixer, and its config
+    from PARAMS with the fields set after ':' (values parsed as JSON when they parse, else kept as strings)."""
     variant, *fields = row_name.split(OVERRIDE_SEP)
     name = VARIANTS.get(variant, variant)
     if name not in PARAMS:
@@ -83,23 +84,19 @@ def mixer_spec(row_name: str) -> tuple[str, str, dict[str, Any]]:
         except json.JSONDecodeError:
             config[key] = value
     try:
-        mixers.config_model(name).model_validate(config)  # a misspelt field or a bad value fails here, by name
+        validated = mixers.config_model(name).model_validate(config)  # a misspelt field or a bad value fails here
     except ValueError as e:  # pydantic's ValidationError names the field and what it accepts
         raise SystemExit(f"--mixers: {row_name!r}: {e}") from e
-    return variant, name, config
+    return variant, name, validated
 
 
-def build(row_name: str) -> torch.nn.Module:
-    _, name, config = mixer_spec(row_name)
-    cls = mixers.get(name)
-    validated = mixers.config_model(name).model_validate(config)
-    return cls(MixerContext(d_model=D_MODEL, layer_idx=0, n_layers=16), validated).cuda()
+def build(name: str, config: BaseModel) -> torch.nn.Module:
+    return mixers.get(name)(MixerContext(d_model=D_MODEL, layer_idx=0, n_layers=16), config).cuda()
 
 
-def picked_impl(row_name: str) -> str:
-    """What impl="auto" runs for this mixer on this card."""
-    _, base, _ = mixer_spec(row_name)
-    if base == "gdn":
+def picked_impl(name: str) -> str:
+    """What impl="auto" runs for the registered mixer ``name`` on this card."""
+    if name == "gdn":
         from archscale.kernels.delta_rule import fla_refusal, state_pass
 
         reason = fla_refusal(torch.device("cuda"))
@@ -114,7 +111,7 @@ def picked_impl(row_name: str) -> str:
         tf32 = "" if not torch.backends.cuda.matmul.allow_tf32 else (
             ", TF32 rounded" if state_pass_triton.ROUND_TO_TF32 else ", TF32 truncated")
         return f"chunked (compiled; fla refused); Triton pass{tf32}"
-    if base == "mamba2":
+    if name == "mamba2":
         return "chunked (compiled)"
     return "auto"
 
@@ -122,7 +119,7 @@ def picked_impl(row_name: str) -> str:
 def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     from archscale.kernels.delta_rule import state_pass
 
-    variant, _, _ = mixer_spec(name)
+    variant, base, config = mixer_spec(name)
     state_pass.TRITON_ON_CUDA = False if variant == "gdn_loop" else None  # read at run time, not in the graph
     if state_pass._HAS_TRITON:
         from archscale.kernels.delta_rule import state_pass_triton
@@ -131,7 +128,7 @@ def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     c = CASES[case]
     B, T = c["B"], c["T"]
     torch.manual_seed(0)
-    mixer = build(name)
+    mixer = build(base, config)
     if c["varlen"]:
         lengths = doc_lengths(T, 1, 6144)
         seq = SeqInfo.from_cu_seqlens(
@@ -144,7 +141,7 @@ def run(name: str, case: str, warmup: int, iters: int) -> dict[str, Any]:
     x = torch.randn(B, T, D_MODEL, device="cuda", requires_grad=True)
     grad = torch.randn(B, T, D_MODEL, device="cuda")
     compiled = torch.compile(mixer)
-    row: dict[str, Any] = {"case": case, "mixer": name, "impl": picked_impl(name), "B": B, "T": T,
+    row: dict[str, Any] = {"case": case, "mixer": name, "impl": picked_impl(base), "B": B, "T": T,
                            "docs": len(lengths) if c["varlen"] else None,
                            "params_M": sum(p.numel() for p in mixer.parameters()) / 1e6}
 

@@ -295,12 +295,14 @@ def test_recurrent_bench_sets_config_fields_by_name_and_refuses_misspelt_ones() 
     from archscale.registry import mixers
 
     variant, name, config = mixer_spec("mamba2:chunk_size=128")
-    assert (variant, name, config["chunk_size"]) == ("mamba2", "mamba2", 128)
+    assert (variant, name, config.chunk_size) == ("mamba2", "mamba2", 128)
     built = mixers.get(name)(MixerContext(d_model=64, layer_idx=0, n_layers=2),
-                             mixers.config_model(name).model_validate({**config, "d_state": 8, "head_dim": 16}))
+                             mixers.config_model(name).model_validate({**config.model_dump(), "d_state": 8,
+                                                                       "head_dim": 16}))
     assert built.config.chunk_size == 128
     assert mixer_spec("gdn_loop:chunk_size=32")[:2] == ("gdn_loop", "gdn")
-    assert mixer_spec("attention") == ("attention", "attention", PARAMS["attention"])
+    assert mixer_spec("attention") == ("attention", "attention",
+                                       mixers.config_model("attention").model_validate(PARAMS["attention"]))
     for bad in ("mamba2:chunk_sise=128", "mamba2:chunk_size=0", "mamba2:chunk_size", "mamba3"):
         with pytest.raises(SystemExit, match=r"chunk_sise|chunk_size|mamba3"):
             mixer_spec(bad)
