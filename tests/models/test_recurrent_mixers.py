@@ -4,6 +4,7 @@ contract â€” varlen isolation, causality, state continuation, FLOPs, gradients â
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -262,6 +263,23 @@ def test_bf16_forward_close_to_fp32(name: str) -> None:
     assert y16.dtype == torch.bfloat16 and torch.isfinite(y16).all()
     err = float((y16.float() - y32).norm() / y32.norm())
     assert err < 5e-2, err
+
+
+def test_mamba2_compiled_backward_keeps_the_gate_in_bf16() -> None:
+    """Under bf16 autocast the gate z leaves the input projection in bf16; the compiled backward keeps that, not a
+    float32 copy (twice the bytes). The partitioner does not recompute a cast that comes long after its input in
+    the forward, so the mixer slices z from the projection only where the norm uses it, after the scan."""
+    T = 32
+    m = make("mamba2")
+    x = torch.randn(1, T, D, requires_grad=True)
+    seq = dataclasses.replace(SeqInfo.dense(1, T), return_state=False)  # as in training
+    fn = torch.compile(lambda x: m(x, seq)[0], backend="aot_eager_decomp_partition", fullgraph=True)
+    saved: list[torch.Tensor] = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn(x)
+    gate_sized = [t.dtype for t in saved if tuple(t.shape) == (1, T, m.d_inner)]
+    assert torch.bfloat16 in gate_sized and torch.float32 not in gate_sized, gate_sized
 
 
 # ---------------------------------------------------------------------- inside a model

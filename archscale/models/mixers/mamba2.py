@@ -131,7 +131,8 @@ class Mamba2(Mixer):
         Bsz, T, _ = x.shape
         di, H, G, N, P = self.d_inner, self.n_head, cfg.n_groups, cfg.d_state, cfg.head_dim
 
-        z, xbc, dt = self.in_proj(x).split([di, self.conv_dim, H], dim=-1)
+        zxbcdt = self.in_proj(x)  # [z, x, B, C, dt]
+        xbc, dt = zxbcdt[..., di:].split([self.conv_dim, H], dim=-1)
         xbc, conv_state = short_conv(
             xbc, self.conv1d.weight[:, 0], self.conv1d.bias, "silu", conv_state, seq.cu_seqlens, want_state
         )
@@ -153,7 +154,10 @@ class Mamba2(Mixer):
         y = y.reshape(Bsz, T, di)  # (B, T, H·P), head-major
         if cfg.export_memory and shared is not None:
             shared.memory = y
-        out = self.out_proj(self.norm(y, z))
+        # z is sliced here, where the norm uses it, not with x, B, C and dt above: torch.compile's partitioner does
+        # not recompute a cast that comes long after its input in the forward, and kept the norm's float32 copy of
+        # z for the backward (twice the bytes of the bf16 projection that stays alive anyway).
+        out = self.out_proj(self.norm(y, zxbcdt[..., :di]))
         if not want_state:
             return out, None
         assert conv_state is not None and ssm_state is not None
