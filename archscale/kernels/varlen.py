@@ -1,6 +1,6 @@
 """Helpers the recurrent kernels share: checking packed-varlen boundaries, laying documents out in chunks for the
 one-pass chunked scans, choosing the compute dtype, a per-chunk cumulative sum that inductor treats as opaque
-(:func:`cumsum`), and calling a scan compiled.
+(:func:`cumsum`), the intra-chunk decay tile (:func:`decay_tile`), and calling a scan compiled.
 
 Varlen convention (fla / flash-attn): a packed batch has B == 1 and ``cu_seqlens`` (int, (N + 1,)) holds the
 cumulative document lengths, starting at 0 and ending at T. Recurrent state must not cross a boundary: every
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -156,6 +157,25 @@ def cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 _COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _decay_tile(log_decay: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    seg = log_decay[..., :, None] - log_decay[..., None, :]
+    # Mask before exp: above the diagonal the exponent is positive and could overflow, and exp(-inf) = 0 has a zero
+    # gradient.
+    return torch.exp(torch.where(keep, seg, float("-inf")))
+
+
+def decay_tile(log_decay: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The intra-chunk decay tile of the chunked scans (Mamba-2's L, Gated DeltaNet's Γ): ``exp(c_i - c_j)`` where
+    ``keep`` (j <= i, same document), else 0, from the cumulated log-decays ``log_decay`` (..., Q) of each chunk;
+    ``keep`` (Q, Q) or broadcastable to (..., Q, Q). Returns (..., Q, Q).
+
+    Computed inside ``torch.utils.checkpoint``, so the backward recomputes it from the (..., Q) log-decays. Left
+    to itself, torch.compile's partitioner keeps the float32 tile in every layer of a model but the first: the
+    causal mask and the -inf fill are constants the layers share, and it does not recompute a use of a shared
+    value that comes long after the first use. The tile is as large as a layer's attention scores."""
+    return checkpoint(_decay_tile, log_decay, keep, use_reentrant=False)
 
 
 def compiled_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

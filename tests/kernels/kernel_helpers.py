@@ -147,6 +147,42 @@ def check_compiled_matches_eager(
         )
 
 
+def check_layers_keep_what_one_keeps(
+    scan: Callable[..., torch.Tensor], x: torch.Tensor, layers: Sequence[dict[str, torch.Tensor]], tile: int
+) -> None:
+    """``scan(x, **layer) -> y`` (y shaped as x), stacked as two layers with their own parameters in one compiled
+    graph, as in a model: the second layer keeps no more (tile, tile)-shaped float tensors for the backward than a
+    layer compiled alone (the partitioner once kept the second layer's decay tile because both layers share its
+    mask constants). Runs inductor's partitioner without code generation (aot_eager_decomp_partition). Values and
+    gradients of the two layers match eager."""
+
+    def stack(x: torch.Tensor, *params: dict[str, torch.Tensor]) -> torch.Tensor:
+        for layer in params:
+            x = torch.tanh(scan(x, **layer)).to(x.dtype)
+        return x
+
+    def tiles_kept(n_layers: int) -> list[tuple[int, ...]]:
+        fn = torch.compile(stack, backend="aot_eager_decomp_partition", fullgraph=True)
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn(x, *layers[:n_layers])
+        return [tuple(t.shape) for t in saved if t.is_floating_point() and tuple(t.shape[-2:]) == (tile, tile)]
+
+    one, two = tiles_kept(1), tiles_kept(2)
+    assert len(two) == 2 * len(one), f"one layer keeps {one}; two layers keep {two}"
+
+    leaves = [x, *(p for layer in layers for p in layer.values())]
+    y = torch.compile(stack, backend="aot_eager_decomp_partition", fullgraph=True)(x, *layers)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, gy)
+    y_eager = stack(x, *layers)
+    eager_grads = torch.autograd.grad(y_eager, leaves, gy)
+    # The same aten ops run in both (no code generation): equal up to float32 reassociation.
+    assert rel_err(y.detach().float(), y_eager.detach().float()) < 1e-6
+    for g, r in zip(grads, eager_grads):
+        assert rel_err(g.float(), r.float()) < 1e-5
+
+
 def check_fast_path_on_gpu(
     fast: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
     recurrent: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],

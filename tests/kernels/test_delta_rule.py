@@ -12,6 +12,7 @@ from kernel_helpers import (
     AWKWARD_LENGTHS,
     check_compiled_matches_eager,
     check_fast_path_on_gpu,
+    check_layers_keep_what_one_keeps,
     check_state_continuation,
     check_varlen_equals_documents,
     check_varlen_matches_recurrent,
@@ -279,4 +280,23 @@ def test_fla_matches_recurrent_where_allowed(dtype: torch.dtype) -> None:
     check_fast_path_on_gpu(
         lambda **kw: gated_delta_rule(**kw, impl="fla"), gated_delta_rule_recurrent,
         _gpu_inputs(sum(GPU_LENGTHS), dtype), GPU_LENGTHS, tol=2e-3 if dtype == torch.float32 else 3e-2,
+    )
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_compiled_layers_recompute_the_decay_tile(varlen: bool) -> None:
+    """In a compiled model every layer but the first kept its float32 (B, H, c, Q, Q) decay tile Γ, before
+    archscale.kernels.varlen.decay_tile checkpointed it."""
+    torch.manual_seed(0)
+    Q, T = 8, 72  # 9 chunks: no other axis of length Q
+    cu = split_cu([20, 1, 51]) if varlen else None
+    layers = []
+    for _ in range(2):
+        inp = make_inputs(1, T, dtype=torch.float32)
+        del inp["v"]
+        inp["q"], inp["k"] = inp["q"].bfloat16(), inp["k"].bfloat16()  # as the mixer passes them: conv outputs
+        layers.append({name: t.requires_grad_() for name, t in inp.items()})
+    v = torch.randn(1, T, H, V).bfloat16().requires_grad_()
+    check_layers_keep_what_one_keeps(
+        lambda v, **layer: gated_delta_rule_chunked(v=v, **layer, chunk_size=Q, cu_seqlens=cu)[0], v, layers, tile=Q
     )

@@ -43,6 +43,7 @@ from archscale.kernels.varlen import (
     chunk_layout,
     compute_dtype,
     cumsum,
+    decay_tile,
     doc_bounds,
 )
 
@@ -151,8 +152,7 @@ def _chunked_onepass(
         to_end = torch.where(lay.doc == lay.doc[:, -1:], to_end, float("-inf"))  # the chunk's last document only
         # A document starting at s inside the chunk enters from its initial state at G_{s-1} = G_s - g_s.
         ref = torch.where(lay.carry, 0.0, (G - g).gather(-1, lay.start_local.expand(Bsz, H, nc, Q)))
-    # Γ_ij = exp(G_i - G_j) for j <= i; masked before exp (above the diagonal the exponent is positive).
-    gamma = torch.exp(torch.where(incl, G[..., :, None] - G[..., None, :], float("-inf")))  # (B, H, c, Q, Q)
+    gamma = decay_tile(G, incl)  # (B, H, c, Q, Q): Γ_ij = exp(G_i - G_j) for j <= i; recomputed in the backward
 
     kk = torch.einsum("bhcik,bhcjk->bhcij", k, k)  # (B, H, c, Q, Q)
     A = torch.where(strict, beta[..., :, None] * gamma * kk, 0.0)

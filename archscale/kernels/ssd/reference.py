@@ -30,7 +30,6 @@ over documents, no host sync, no shape that depends on cu_seqlens' values: it co
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from archscale.kernels.varlen import (
     ChunkLayout,
@@ -39,6 +38,7 @@ from archscale.kernels.varlen import (
     chunk_layout,
     compute_dtype,
     cumsum,
+    decay_tile,
     doc_bounds,
 )
 
@@ -102,13 +102,6 @@ def ssd_recurrent(
     return y.to(x.dtype), torch.cat(finals, dim=0) if return_final_state else None
 
 
-def _decay_tile(cs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """L_ij = exp(cs_i - cs_j) where ``keep`` (j <= i, same document), else 0: cs (..., Q) -> (..., Q, Q)."""
-    seg = cs[..., :, None] - cs[..., None, :]
-    # Mask before exp: above the diagonal cs_i - cs_j > 0 could overflow, and exp(-inf) = 0 has a zero gradient.
-    return torch.exp(torch.where(keep, seg, float("-inf")))
-
-
 def _ssd_chunked_onepass(
     x: torch.Tensor,  # (B, T, H, P), compute dtype
     dt: torch.Tensor,  # (B, T, H)
@@ -148,11 +141,7 @@ def _ssd_chunked_onepass(
     keep = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     if lay is not None:
         keep = keep & (lay.doc[:, :, None] == lay.doc[:, None, :])[:, None]  # (c, 1, Q, Q)
-    # The (B, c, H, Q, Q) decay tile is recomputed in the backward from the (B, c, Q, H) log-decays. Left to itself,
-    # torch.compile's partitioner keeps it in float32 in every layer but the first of a model: `keep` and the -inf
-    # fill are constants that the layers share, and it does not recompute a use of a shared value that comes long
-    # after the first one. The tile is as large as the layer's attention scores (B·H·T·Q floats).
-    L = checkpoint(_decay_tile, cs.permute(0, 1, 3, 2), keep, use_reentrant=False).view(Bsz, nc, G, R, Q, Q)
+    L = decay_tile(cs.permute(0, 1, 3, 2), keep).view(Bsz, nc, G, R, Q, Q)  # recomputed in the backward
     scores = cb.unsqueeze(3) * L * dt.permute(0, 1, 3, 2).reshape(Bsz, nc, G, R, 1, Q)  # (B, c, G, R, Q, Q)
     y = torch.einsum("bcgrij,bcjgrp->bcigrp", scores, x)  # (B, c, Q, G, R, P)
 
