@@ -161,18 +161,19 @@ def check_layers_keep_what_one_keeps(
             x = torch.tanh(scan(x, **layer)).to(x.dtype)
         return x
 
-    def tiles_kept(n_layers: int) -> list[tuple[int, ...]]:
+    def compiled(n_layers: int) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+        """The first n_layers compiled: their output, and the (tile, tile)-shaped tensors kept for the backward."""
         fn = torch.compile(stack, backend="aot_eager_decomp_partition", fullgraph=True)
         saved: list[torch.Tensor] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            fn(x, *layers[:n_layers])
-        return [tuple(t.shape) for t in saved if t.is_floating_point() and tuple(t.shape[-2:]) == (tile, tile)]
+            y = fn(x, *layers[:n_layers])
+        return y, [tuple(t.shape) for t in saved if t.is_floating_point() and tuple(t.shape[-2:]) == (tile, tile)]
 
-    one, two = tiles_kept(1), tiles_kept(2)
+    _, one = compiled(1)
+    y, two = compiled(2)
     assert len(two) == 2 * len(one), f"one layer keeps {one}; two layers keep {two}"
 
     leaves = [x, *(p for layer in layers for p in layer.values())]
-    y = torch.compile(stack, backend="aot_eager_decomp_partition", fullgraph=True)(x, *layers)
     gy = torch.randn_like(y)
     grads = torch.autograd.grad(y, leaves, gy)
     y_eager = stack(x, *layers)
