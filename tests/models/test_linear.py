@@ -1,8 +1,8 @@
-"""archscale's Linear: autocast's forward, float32 weight gradients from the product itself (on CUDA).
+"""archscale's Linear: autocast's forward, float32 weight gradients from the product itself.
 
-Off CUDA the float32-output product does not exist, so there the gradients must equal ``nn.Linear``'s under
-autocast exactly; on CUDA dL/dW must be the float32 product of the bf16 operands (no bf16 rounding), which the
-GPU test tells apart from autocast's rounded gradient by its error against a float64 product.
+On CUDA dL/dW is the float32 product of the bf16 operands (no bf16 rounding); off CUDA the backward computes the
+same products from the bf16 operands taken up to float32. Both are told apart from autocast's rounded gradient by
+their error against a float64 product of the same operands.
 """
 
 from __future__ import annotations
@@ -36,16 +36,19 @@ def _run(module: nn.Module, x: torch.Tensor, autocast: bool) -> tuple[torch.Tens
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_cpu_autocast_matches_nn_linear(bias: bool) -> None:
+def test_cpu_autocast_forward_is_nn_linears_and_gradients_are_the_bf16_products(bias: bool) -> None:
     ref, new = _pair(bias)
     x = torch.randn(3, 7, 96)
     expected, got = _run(ref, x, autocast=True), _run(new, x, autocast=True)
-    for e, g in zip(expected[:3], got[:3]):  # output, dL/dx, dL/dW: the same operations, bitwise
-        assert g.dtype == e.dtype
-        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    assert [g.dtype for g in got] == [e.dtype for e in expected]
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)  # the forward: autocast's, bitwise
+    # dL/dx: the float32 product of the bf16 operands rounded to bf16, as the GPU's bf16 GEMM returns it.
+    g_out = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    exact_dx = g_out.double() @ new.weight.to(torch.bfloat16).double()
+    torch.testing.assert_close(got[1], exact_dx.to(torch.bfloat16).float(), rtol=2**-8, atol=1e-6)
+    torch.testing.assert_close(got[1], expected[1], rtol=2**-7, atol=1e-5)
     assert got[2].dtype == torch.float32  # the parameter's dtype, as the optimizer expects
     if bias:  # summed in float32 here, in bf16 then cast by autocast: the float64 sum decides which is closer
-        g_out = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
         exact = g_out.double().sum((0, 1))
         assert got[3].dtype == torch.float32
         assert (got[3].double() - exact).abs().max() <= (expected[3].double() - exact).abs().max()
@@ -127,21 +130,23 @@ def test_every_projection_of_every_family_is_archscale_linear() -> None:
         assert any(isinstance(mod, Linear) for mod in model.modules())
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("compiled", [False, True])
-def test_cuda_weight_grad_is_the_float32_product(compiled: bool) -> None:
+@pytest.mark.parametrize(
+    ("device", "compiled"),
+    [("cpu", False), *(pytest.param("cuda", compiled, marks=pytest.mark.gpu) for compiled in (False, True))],
+)
+def test_weight_grad_is_the_float32_product(device: str, compiled: bool) -> None:
     """dL/dW = Σ_t g_t x_tᵀ of the bf16 operands, to float32 accuracy; autocast's nn.Linear rounds it to bf16."""
     torch.manual_seed(0)
-    ref = nn.Linear(1000, 520, bias=True, device="cuda")
-    new = Linear(1000, 520, bias=True, device="cuda")
+    ref = nn.Linear(1000, 520, bias=True, device=device)
+    new = Linear(1000, 520, bias=True, device=device)
     new.load_state_dict(ref.state_dict())
-    x = torch.randn(4, 777, 1000, device="cuda")
-    g = torch.randn(4, 777, 520, device="cuda").to(torch.bfloat16)
+    x = torch.randn(4, 777, 1000, device=device)
+    g = torch.randn(4, 777, 520, device=device).to(torch.bfloat16)
 
     def grads(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         module.zero_grad(set_to_none=True)
         xx = x.clone().requires_grad_(True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             y = module(xx)
         y.backward(g)
         return xx.grad, module.weight.grad, module.bias.grad
