@@ -70,6 +70,17 @@ def coefficient_schedule(coefficients: CoefficientsName | Sequence[Sequence[floa
     return [out[min(i, len(out) - 1)] for i in range(steps)]  # type: ignore[misc]
 
 
+def _product_dtype(X: torch.Tensor) -> torch.dtype:
+    """The dtype the iteration's products run in: X's own, except for a 16-bit X off CUDA, whose products run in
+    float32 on the same 16-bit values and are rounded back after each product. That is a GPU's 16-bit GEMM (exact
+    products, float32 sums, one rounding of the output), and on processors without bf16 instructions (AVX2)
+    PyTorch's CPU bf16 product of a row-major right operand runs a scalar loop: five bf16 steps on a 512 × 1536
+    matrix took 6.9 s against 0.25 s with float32 products (2026-12-08)."""
+    if X.device.type != "cuda" and X.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return X.dtype
+
+
 def newton_schulz(
     G: torch.Tensor,
     steps: int = 5,
@@ -96,10 +107,13 @@ def newton_schulz(
     # Frobenius normalisation (in at least float32, for accuracy) puts every singular value in [0, 1].
     X = X.to(torch.promote_types(X.dtype, torch.float32))
     X = (X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)).to(dtype or G.dtype)  # norm: (B, 1, 1)
+    work = _product_dtype(X)
     for a, b, c in schedule:
-        A = torch.bmm(X, X.mT)  # (B, k, k), k = min(m, n)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A²
-        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
+        Xw = X.to(work)
+        A = torch.bmm(Xw, Xw.mT).to(X.dtype)  # (B, k, k), k = min(m, n)
+        Aw = A.to(work)
+        B = torch.baddbmm(Aw, Aw, Aw, beta=b, alpha=c).to(X.dtype)  # b A + c A²
+        X = torch.baddbmm(Xw, B.to(work), Xw, beta=a).to(X.dtype)  # a X + B X
     if m > n:
         X = X.mT
     return X.reshape(shape).to(G.dtype)

@@ -122,3 +122,26 @@ def test_coefficient_schedules() -> None:
         coefficient_schedule([(1.0, 2.0)], 5)
     with pytest.raises(ValueError, match="at least one"):
         coefficient_schedule("quintic", 0)
+
+
+def test_bf16_step_rounds_each_product_once_as_a_gpu_gemm_does() -> None:
+    """One step's three products are exact products summed in float32 with one rounding of the output to bf16 (a
+    GPU's bf16 GEMM; off CUDA they run in float32 on the bf16 values). Against the step with float64 products
+    rounded to bf16 after each, the values are bf16 numbers and equal but where a float32 sum lands on the other
+    side of a rounding boundary. (Over several steps such one-ulp differences grow: the polynomial's slope at
+    small singular values is a ≈ 4, so whole iterations are compared only loosely, above.)"""
+    G = torch.randn(3, 48, 80, generator=torch.Generator().manual_seed(7))
+    a, b, c = HEAD_COEFFICIENTS[0]
+    got = newton_schulz(G, steps=1, coefficients="head", dtype=torch.bfloat16)
+
+    def bf16(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.bfloat16).double()
+
+    X = bf16(G / (torch.linalg.matrix_norm(G, keepdim=True) + 1e-7))
+    A = bf16(X @ X.mT)
+    B = bf16(b * A + c * (A @ A))
+    want = bf16(a * X + B @ X)
+    assert got.dtype == torch.float32
+    assert torch.equal(got.double(), bf16(got))  # bf16 values: the iteration did not stay in float32
+    assert (got.double() == want).float().mean() > 0.999
+    torch.testing.assert_close(got.double(), want, rtol=2**-7, atol=0)  # within one bf16 step anywhere
