@@ -12,12 +12,10 @@ so this costs nothing. PyTorch exposes that product as ``torch.mm(a, b, out_dtyp
 autocast, or with non-float32 weights, it is ``F.linear``; inside, the forward is exactly autocast's (both operands
 cast to the autocast dtype) and the backward returns dL/dW (and dL/db) in float32 from the product itself.
 
-Off CUDA there is no float32-output bf16 product, so the backward's two products take the bf16 operands up to
-float32 and multiply there. That is what the GPU computes (a product of two bf16 numbers is exact in float32 and
-the GEMM sums in float32; dL/dx is then rounded to bf16 as the GPU's output is), so the CPU tests check the CUDA
-numerics, and on processors without bf16 instructions (AVX2) it is also the fast way: PyTorch's CPU bf16 product
-with a row-major right operand, dL/dx = g·W, runs a scalar loop there, 333 ms against 2.6 ms in float32 for
-(128 × 2048)·(2048 × 512) (2026-12-08), which made a bf16 CPU smoke run of the throughput benchmark 5x slower.
+Off CUDA there is no float32-output bf16 product, so the backward's two products run in float32 on the bf16
+operands (:func:`archscale.kernels.product_dtype.product_dtype`): the GPU's arithmetic, dL/dW unrounded and
+dL/dx rounded to bf16 once, and on CPUs without bf16 instructions two orders of magnitude faster than
+PyTorch's bf16 product.
 """
 
 from __future__ import annotations
@@ -28,24 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archscale.kernels.product_dtype import product_dtype
+
 __all__ = ["Linear", "fused_projections", "stacked_projection"]
 
 
 def _weight_grad(grad_out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """dL/dW = grad_outᵀ · inputs over all leading dims, in float32: written so by the product on CUDA, computed
-    from the operands taken up to float32 elsewhere (see the module docstring)."""
+    from the operands taken up to float32 elsewhere (the same arithmetic)."""
     g = grad_out.reshape(-1, grad_out.shape[-1])
     x = inputs.reshape(-1, inputs.shape[-1])
     if g.is_cuda:
         return torch.mm(g.t(), x, out_dtype=torch.float32)
     return torch.mm(g.t().float(), x.float())
-
-
-def _input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """dL/dx = grad_out · W in the operands' dtype; off CUDA through float32 (see the module docstring)."""
-    if grad_out.is_cuda:
-        return grad_out @ weight
-    return (grad_out.float() @ weight.float()).to(weight.dtype)
 
 
 class _AutocastLinear(torch.autograd.Function):
@@ -66,7 +59,8 @@ class _AutocastLinear(torch.autograd.Function):
         grad_out = grad_out.to(wc.dtype)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = _input_grad(grad_out, wc).to(ctx.x_dtype)
+            work = product_dtype(wc)  # wc's own dtype on CUDA; rounded to it once either way
+            dx = (grad_out.to(work) @ wc.to(work)).to(wc.dtype).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             dw = _weight_grad(grad_out, xc)
         if ctx.needs_input_grad[2]:  # False for an absent bias

@@ -27,6 +27,8 @@ from typing import Literal
 
 import torch
 
+from archscale.kernels.product_dtype import product_dtype
+
 __all__ = [
     "HEAD_COEFFICIENTS",
     "QUINTIC_COEFFICIENTS",
@@ -70,17 +72,6 @@ def coefficient_schedule(coefficients: CoefficientsName | Sequence[Sequence[floa
     return [out[min(i, len(out) - 1)] for i in range(steps)]  # type: ignore[misc]
 
 
-def _product_dtype(X: torch.Tensor) -> torch.dtype:
-    """The dtype the iteration's products run in: X's own, except for a 16-bit X off CUDA, whose products run in
-    float32 on the same 16-bit values and are rounded back after each product. That is a GPU's 16-bit GEMM (exact
-    products, float32 sums, one rounding of the output), and on processors without bf16 instructions (AVX2)
-    PyTorch's CPU bf16 product of a row-major right operand runs a scalar loop: five bf16 steps on a 512 × 1536
-    matrix took 6.9 s against 0.25 s with float32 products (2026-12-08)."""
-    if X.device.type != "cuda" and X.dtype in (torch.bfloat16, torch.float16):
-        return torch.float32
-    return X.dtype
-
-
 def newton_schulz(
     G: torch.Tensor,
     steps: int = 5,
@@ -107,7 +98,9 @@ def newton_schulz(
     # Frobenius normalisation (in at least float32, for accuracy) puts every singular value in [0, 1].
     X = X.to(torch.promote_types(X.dtype, torch.float32))
     X = (X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)).to(dtype or G.dtype)  # norm: (B, 1, 1)
-    work = _product_dtype(X)
+    # Off CUDA, 16-bit products run in float32 on the same values and are rounded back after each (a GPU's
+    # GEMM; PyTorch's CPU bf16 product is a scalar loop on AVX2): see archscale.kernels.product_dtype.
+    work = product_dtype(X)
     for a, b, c in schedule:
         Xw = X.to(work)
         A = torch.bmm(Xw, Xw.mT).to(X.dtype)  # (B, k, k), k = min(m, n)
